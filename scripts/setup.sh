@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtual environment in .venv with the package and its test tools.
+# torch: the CPU wheel (torch==2.13.0) where there is no NVIDIA GPU, so pip never pulls a
+# multi-GB CUDA build; on a GPU host an already installed CUDA torch in the range is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c 'import torch' 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    python -m pip install -q 'torch>=2.4,<2.15'
+  else
+    python -m pip install -q torch==2.13.0
+  fi
+fi
+python -m pip install -q -e '.[test]'
+python -c 'import virnucpro, torch, prefect; print("virnucpro", virnucpro.__version__, "torch", torch.__version__, "prefect", prefect.__version__)'

@@ -1,0 +1,208 @@
+"""The Click CLI: options → RunConfig → run_prediction(). Thin; errors become exit codes here only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from virnucpro import __version__
+from virnucpro.config import CHUNK_LENGTHS, DEFAULT_CHUNK_LENGTH, DeviceKind, ModelPaths, Precision, RunConfig
+from virnucpro.errors import ConfigError, VirNucProError
+
+__all__ = ["main", "cli"]
+
+logger = logging.getLogger("virnucpro.cli")
+
+_PERSISTENT_HELP = (
+    "Keep DNABERT-S and ESM-2 loaded in GPU memory between pipeline stages (and samples): less "
+    "loading overhead, more memory held. Recommended when processing many samples in sequence."
+)
+
+
+def _parse_gpus(value: str | None) -> tuple[int, ...] | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip() != "")
+    except ValueError:
+        raise ConfigError(f"--gpus '{value}' is not a comma-separated list of GPU indices, e.g. 0,1") from None
+
+
+def _chunk_option(f):
+    return click.option(
+        "--chunk-length",
+        type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
+        default=str(DEFAULT_CHUNK_LENGTH),
+        show_default=True,
+        help="Chunk size in bp (the classifier must match it).",
+    )(f)
+
+
+def _model_options(f):
+    f = click.option("--classifier", type=click.Path(path_type=Path), default=None,
+                     help="Classifier: original 300_model.pth/500_model.pth or project .safetensors.")(f)
+    f = click.option("--esm-model", type=click.Path(path_type=Path), default=None,
+                     help="ESM-2 fair-esm checkpoint file (esm2_t36_3B_UR50D.pt).")(f)
+    f = click.option("--dnabert-model", type=click.Path(path_type=Path), default=None,
+                     help="DNABERT-S directory (config.json, weights, tokenizer.json).")(f)
+    return f
+
+
+class _Group(click.Group):
+    """Turns library errors into a one-line message and the error's exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except VirNucProError as exc:
+            click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished shards are kept and a re-run resumes.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="virnucpro")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """VirNucPro: find viral sequences with DNABERT-S + ESM-2 features."""
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ctx.ensure_object(dict)
+
+
+@cli.command()
+@click.argument("input_fasta", type=click.Path(path_type=Path))
+@_chunk_option
+@click.option("--output-dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for the three prepared FASTA files.")
+def prepare(input_fasta: Path, chunk_length: str, output_dir: Path) -> None:
+    """Write the chunk and identified-frame FASTA files the original tool writes."""
+    from virnucpro.domain.prepare import prepare_files
+
+    files = prepare_files(input_fasta, int(chunk_length), output_dir)
+    for path in (files.chunked, files.nucleotide, files.protein):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("input_fasta", type=click.Path(path_type=Path))
+@_chunk_option
+@_model_options
+@click.option("--output-dir", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: <input name>_virnucpro next to the current directory].")
+@click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default="auto",
+              show_default=True, help="Where the encoders run.")
+@click.option("--precision", type=click.Choice(["auto"] + [p.value for p in Precision]), default="auto",
+              show_default=True, help="Encoder precision; auto = fp32 (the original's numbers).")
+@click.option("--gpus", default=None, help="Comma-separated GPU indices to use [default: all visible].")
+@click.option("--persistent-models/--no-persistent-models", default=False, show_default=True,
+              help=_PERSISTENT_HELP)
+@click.option("--toks-per-batch", type=int, default=None,
+              help="Padded tokens per batch [default: sized from free GPU memory; 4096 on CPU].")
+@click.option("--shard-frames", type=int, default=4096, show_default=True,
+              help="Frames per work unit handed to a worker (and per resumable file).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Reuse finished work of an interrupted run in the same output directory.")
+@click.pass_context
+def predict(ctx: click.Context, input_fasta: Path, chunk_length: str, dnabert_model: Path | None,
+            esm_model: Path | None, classifier: Path | None, output_dir: Path | None, device: str,
+            precision: str, gpus: str | None, persistent_models: bool, toks_per_batch: int | None,
+            shard_frames: int, resume: bool) -> None:
+    """Predict viral sequences in INPUT_FASTA (FASTA or FASTA.gz)."""
+    from virnucpro.domain.outputs import input_stem
+    from virnucpro.pipeline.prediction import PERSISTENT_LOG_LINE, run_prediction
+
+    ctx.obj["persistent_models"] = persistent_models
+    ctx.obj["gpus"] = _parse_gpus(gpus)
+    config = RunConfig(
+        input_fasta=input_fasta,
+        output_dir=output_dir or Path(f"{input_stem(input_fasta)}_virnucpro"),
+        chunk_length=int(chunk_length),
+        models=ModelPaths(dnabert=dnabert_model, esm=esm_model, classifier=classifier),
+        device=DeviceKind.parse(device),
+        precision=Precision.parse(precision),
+        gpus=ctx.obj["gpus"],
+        persistent_models=ctx.obj["persistent_models"],
+        toks_per_batch=toks_per_batch,
+        shard_frames=shard_frames,
+        resume=resume,
+    )
+    if ctx.obj["persistent_models"]:
+        click.echo(PERSISTENT_LOG_LINE, err=True)
+
+    def progress(p) -> None:  # progress lines belong to the CLI
+        click.echo(f"  {p.stage.label}: {p.shards_done}/{p.shards_total} shards, "
+                   f"{p.frames_per_s:.0f} frames/s, {p.tokens_per_s:.0f} tokens/s", err=True)
+
+    result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)
+    counts = result.report.sequence_calls
+    if result.demo_models:
+        click.echo("WARNING: DEMO MODELS WITH RANDOM WEIGHTS - these calls are meaningless.", err=True)
+    click.echo(
+        f"{result.prepared.n_records} sequences: {counts.get('virus', 0)} virus, "
+        f"{counts.get('non-virus', 0)} non-virus, {counts.get('no-call', 0)} no-call "
+        f"({result.prepared.n_frames} frames in {result.timings['total']:.1f} s)"
+    )
+    for path in (result.paths.prediction_results, result.paths.highest_score,
+                 result.paths.sequences, result.paths.run_info, result.paths.report):
+        click.echo(f"  {path}")
+
+
+@cli.group()
+def models() -> None:
+    """Find, check, convert and build models."""
+
+
+@models.command("check")
+@_chunk_option
+@_model_options
+@click.option("--no-checksums", is_flag=True, help="Skip SHA-256 (the ESM-2 file is 5.7 GB).")
+def models_check(chunk_length: str, dnabert_model: Path | None, esm_model: Path | None,
+                 classifier: Path | None, no_checksums: bool) -> None:
+    """Show which model files would be used, where they were found, and their SHA-256."""
+    from virnucpro.models.discovery import describe_models, resolve_models
+
+    resolved = resolve_models(dnabert_model, esm_model, classifier, int(chunk_length))
+    for row in describe_models(resolved, checksums=not no_checksums):
+        click.echo(json.dumps(row))
+
+
+@models.command("convert-classifier")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("target", type=click.Path(path_type=Path, dir_okay=False))
+def models_convert_classifier(source: Path, target: Path) -> None:
+    """Convert an original pickled classifier (.pth) to the project's safetensors format."""
+    from virnucpro.models.classifier import load_classifier, save_classifier
+
+    save_classifier(load_classifier(source), target)
+    click.echo(str(target))
+
+
+@models.command("make-demo")
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+def models_make_demo(out_dir: Path, seed: int) -> None:
+    """Build tiny RANDOM models with the real architectures (for trying the pipeline only)."""
+    from virnucpro.models.demo import make_demo_models
+
+    demo = make_demo_models(out_dir, seed=seed)
+    click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {out_dir}")
+    for name, value in vars(demo).items() if hasattr(demo, "__dict__") else []:
+        click.echo(f"  {name}: {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    cli(args=argv, prog_name="virnucpro", obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Messages between the parent and its worker processes (all picklable, all typed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from virnucpro.pipeline.stage import FeatureStage
+
+__all__ = [
+    "WorkerSpec",
+    "EmbedTask",
+    "StageEnd",
+    "WorkerReady",
+    "TaskDone",
+    "TaskFailed",
+    "StageEnded",
+    "WorkerFatal",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker needs to load its models. Paths and strings only."""
+
+    dnabert_path: Path
+    esm_path: Path
+    precision: str  # Precision value, resolved by the parent
+    on_gpu: bool
+    preload: tuple[FeatureStage, ...]
+    toks_per_batch: int | None = None
+    compile_models: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedTask:
+    task_id: int
+    stage: FeatureStage
+    shard_path: Path
+    out_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StageEnd:
+    """Sent at a stage boundary: free cached memory; ``release`` also unloads the stage's model."""
+
+    stage: FeatureStage
+    release: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    worker: str
+    pid: int
+    loaded: tuple[str, ...]
+    load_seconds: float
+    allocator_conf: str
+    device_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    worker: str
+    task_id: int
+    n_frames: int
+    n_tokens: int
+    padded_tokens: int
+    seconds: float
+    peak_mib: float
+    oom_retries: int
+    model_loads: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    worker: str
+    task_id: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StageEnded:
+    worker: str
+    stage: FeatureStage
+    peak_mib: float
+    allocated_mib: float
+    reserved_mib: float
+    model_loads: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFatal:
+    """The worker cannot run at all (e.g. a model file fails to load); the run must stop."""
+
+    worker: str
+    error: str
+    error_type: str

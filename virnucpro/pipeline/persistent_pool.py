@@ -1,0 +1,418 @@
+"""PersistentWorkerPool: one spawned worker process per device, models resident for its life.
+
+Shaped like Prefect's ``TaskRunner`` contract but knowing nothing of Prefect: ``submit`` returns a
+``concurrent.futures.Future``; the pool is a context manager; ``close()`` ends every process even
+when a stage raised.
+
+- The parent sets ``CUDA_VISIBLE_DEVICES`` (and the expandable-segments allocator) in each child's
+  environment before starting it; the parent never initialises CUDA.
+- A dispatcher thread hands each task to an idle worker, watches results and process deaths
+  through ``multiprocessing.connection.wait``, replaces a dead worker (same device) and retries
+  its task; a task that fails ``max_attempts`` times fails its future with a
+  :class:`~virnucpro.errors.WorkerError` naming the shard's frame IDs.
+- Each worker has its own pipes, so a SIGKILLed worker cannot corrupt another's channel.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from virnucpro.errors import ModelLoadError, WorkerError
+from virnucpro.pipeline.devices import WorkerDevice
+from virnucpro.pipeline.messages import (
+    EmbedTask,
+    StageEnd,
+    StageEnded,
+    TaskDone,
+    TaskFailed,
+    WorkerFatal,
+    WorkerReady,
+    WorkerSpec,
+)
+from virnucpro.pipeline.shards import iter_shard_ids
+from virnucpro.pipeline.stage import FeatureStage
+from virnucpro.pipeline.worker import worker_main
+
+__all__ = ["PersistentWorkerPool", "WorkerInfo", "ALLOCATOR_CONF"]
+
+logger = logging.getLogger(__name__)
+
+ALLOCATOR_CONF = "expandable_segments:True"
+_ENV_LOCK = threading.Lock()
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """What the parent knows of one worker slot (a device); ``generation`` counts replacements."""
+
+    name: str
+    device: WorkerDevice
+    generation: int = 0
+    pid: int | None = None
+    ready: WorkerReady | None = None
+    model_loads: dict[str, int] = field(default_factory=dict)
+    total_model_loads: dict[str, int] = field(default_factory=lambda: {"dnabert": 0, "esm": 0})
+    peak_mib: float = 0.0
+    tasks_done: int = 0
+    restarts: int = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    task: EmbedTask
+    future: Future
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Slot:
+    """One live worker process and its two pipes."""
+
+    def __init__(self, info: WorkerInfo, process: Any, task_conn: Any, result_conn: Any) -> None:
+        self.info = info
+        self.process = process
+        self.task_conn = task_conn
+        self.result_conn = result_conn
+        self.ready = False
+        self.job: _Job | None = None
+        self.stage_reply: StageEnded | None = None
+
+
+class PersistentWorkerPool:
+    """One worker process per device, models loaded once and kept until :meth:`close`."""
+
+    def __init__(
+        self,
+        devices: list[WorkerDevice],
+        spec: WorkerSpec,
+        *,
+        max_attempts: int = 3,
+        start_timeout: float = 900.0,
+    ) -> None:
+        if not devices:
+            raise ValueError("a pool needs at least one device")
+        self.devices = list(devices)
+        self.spec = spec
+        self.max_attempts = max_attempts
+        self.start_timeout = start_timeout
+        self._ctx = mp.get_context("spawn")
+        self._slots: list[_Slot] = []
+        self._infos: list[WorkerInfo] = [
+            WorkerInfo(name=d.name, device=d) for d in self.devices
+        ]
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._closed = False
+        self._started = False
+        self._stage_msg: StageEnd | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> "PersistentWorkerPool":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        return list(self._infos)
+
+    @property
+    def is_running(self) -> bool:
+        return self._started and not self._closed
+
+    def start(self) -> "PersistentWorkerPool":
+        """Start every worker and wait until each has loaded its models."""
+        if self._started:
+            return self
+        if self._closed:
+            raise RuntimeError("this pool was closed; create a new one")
+        self._started = True
+        try:
+            self._slots = [self._spawn(info) for info in self._infos]
+            deadline = time.monotonic() + self.start_timeout
+            while not all(s.ready for s in self._slots):
+                if time.monotonic() > deadline:
+                    raise WorkerError(
+                        f"workers did not finish loading models within {self.start_timeout:.0f} s"
+                    )
+                self._poll(0.2, starting=True)
+        except BaseException:
+            self.close()
+            raise
+        self._thread = threading.Thread(target=self._dispatch, name="virnucpro-pool", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spawn(self, info: WorkerInfo) -> _Slot:
+        task_recv, task_send = self._ctx.Pipe(duplex=False)
+        result_recv, result_send = self._ctx.Pipe(duplex=False)
+        info.generation += 1
+        name = info.name
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(name, self.spec, _ConnQueue(task_recv), _ConnQueue(result_send)),
+            name=f"virnucpro-worker-{name}",
+            daemon=True,
+        )
+        with _ENV_LOCK:  # the child copies os.environ at start(); set it for this child only
+            saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")}
+            try:
+                if info.device.cuda_visible_devices is not None:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = info.device.cuda_visible_devices
+                    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_CONF
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+                process.start()
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+        task_recv.close()
+        result_send.close()
+        info.pid = process.pid
+        logger.info("started worker %s (pid %s, generation %d)", name, process.pid, info.generation)
+        return _Slot(info, process, task_send, result_recv)
+
+    def close(self) -> None:
+        """Stop every worker and release its memory; safe to call twice and after errors."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        for slot in self._slots:
+            try:
+                slot.task_conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 20
+        for slot in self._slots:
+            slot.process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                slot.process.terminate()
+                slot.process.join(timeout=5)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(timeout=5)
+            for conn in (slot.task_conn, slot.result_conn):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        with self._lock:
+            jobs = list(self._pending) + [s.job for s in self._slots if s.job is not None]
+            self._pending.clear()
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(WorkerError("the worker pool was closed before this shard ran"))
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self._slots if s.process.pid is not None]
+
+    # -- work ---------------------------------------------------------------------------------
+    def submit(self, stage: FeatureStage, shard_path: Path, out_path: Path) -> Future:
+        """Queue one shard for one stage; the future resolves to a :class:`TaskDone`."""
+        if not self.is_running:
+            raise RuntimeError("the pool is not running; use it as a context manager or call start()")
+        if self._fatal is not None:
+            raise self._fatal
+        future: Future = Future()
+        task = EmbedTask(next(self._ids), stage, Path(shard_path), Path(out_path))
+        with self._lock:
+            self._pending.append(_Job(task, future))
+        return future
+
+    def end_stage(self, stage: FeatureStage, release: bool, timeout: float = 300.0) -> list[StageEnded]:
+        """Tell every worker a stage ended (empty_cache; ``release`` unloads its model too).
+
+        Call only when no task of the stage is in flight.
+        """
+        with self._lock:
+            self._stage_msg = StageEnd(stage, release)
+            for slot in self._slots:
+                slot.stage_reply = None
+                slot.task_conn.send(self._stage_msg)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                replies = [s.stage_reply for s in self._slots]
+            if all(r is not None for r in replies):
+                self._stage_msg = None
+                return [r for r in replies if r is not None]
+            if self._fatal is not None:
+                raise self._fatal
+            if time.monotonic() > deadline:
+                raise WorkerError(f"workers did not acknowledge the end of the {stage.label} stage")
+            time.sleep(0.02)
+
+    # -- the dispatcher -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._assign()
+                self._poll(0.05)
+            except BaseException as exc:  # never die silently: fail every future
+                logger.exception("worker pool dispatcher failed")
+                self._fatal = exc if isinstance(exc, Exception) else WorkerError(str(exc))
+                with self._lock:
+                    jobs = list(self._pending) + [s.job for s in self._slots if s.job]
+                    self._pending.clear()
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(self._fatal)
+                return
+
+    def _assign(self) -> None:
+        with self._lock:
+            for slot in self._slots:
+                if not self._pending:
+                    return
+                if slot.ready and slot.job is None and slot.process.is_alive():
+                    job = self._pending.popleft()
+                    job.attempts += 1
+                    slot.job = job
+                    slot.task_conn.send(job.task)
+
+    def _poll(self, timeout: float, starting: bool = False) -> None:
+        conns = {s.result_conn: s for s in self._slots}
+        sentinels = {s.process.sentinel: s for s in self._slots}
+        for ready in wait(list(conns) + list(sentinels), timeout=timeout):
+            if ready in conns:
+                slot = conns[ready]
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):
+                    continue  # the sentinel reports the death
+                self._handle(slot, message, starting)
+        for slot in list(self._slots):
+            if not slot.process.is_alive():
+                # drain what the worker sent before dying
+                try:
+                    while slot.result_conn.poll():
+                        self._handle(slot, slot.result_conn.recv(), starting)
+                except (EOFError, OSError):
+                    pass
+                if not slot.process.is_alive() and not self._closed:
+                    self._replace(slot, starting)
+
+    def _handle(self, slot: _Slot, message: Any, starting: bool) -> None:
+        info = slot.info
+        if isinstance(message, WorkerReady):
+            slot.ready = True
+            info.ready = message
+            info.pid = message.pid
+            for key in message.loaded:
+                info.total_model_loads[key] = info.total_model_loads.get(key, 0) + 1
+                info.model_loads[key] = info.model_loads.get(key, 0) + 1
+        elif isinstance(message, WorkerFatal):
+            raise _fatal_error(message)  # the dispatcher fails every pending future with it
+        elif isinstance(message, TaskDone):
+            with self._lock:
+                job, slot.job = slot.job, None
+            self._note_loads(info, message.model_loads)
+            info.peak_mib = max(info.peak_mib, message.peak_mib)
+            info.tasks_done += 1
+            if job is not None and not job.future.done():
+                job.future.set_result(message)
+        elif isinstance(message, TaskFailed):
+            with self._lock:
+                job, slot.job = slot.job, None
+            if job is not None:
+                self._retry_or_fail(job, f"{info.name}: {message.error}")
+        elif isinstance(message, StageEnded):
+            self._note_loads(info, message.model_loads)
+            info.peak_mib = max(info.peak_mib, message.peak_mib)
+            with self._lock:
+                slot.stage_reply = message
+
+    @staticmethod
+    def _note_loads(info: WorkerInfo, loads: dict[str, int]) -> None:
+        for key, count in loads.items():
+            before = info.model_loads.get(key, 0)
+            if count > before:
+                info.total_model_loads[key] = info.total_model_loads.get(key, 0) + count - before
+            info.model_loads[key] = count
+
+    def _retry_or_fail(self, job: _Job, error: str) -> None:
+        job.errors.append(error)
+        if job.attempts >= self.max_attempts:
+            ids = list(iter_shard_ids(job.task.shard_path))
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            job.future.set_exception(
+                WorkerError(
+                    f"{job.task.stage.label} failed {job.attempts} times on shard "
+                    f"{job.task.shard_path.name} (frames {shown}); last error: {job.errors[-1]}"
+                )
+            )
+            return
+        logger.warning("retrying %s (attempt %d): %s", job.task.shard_path.name, job.attempts + 1, error)
+        with self._lock:
+            self._pending.appendleft(job)
+
+    def _replace(self, slot: _Slot, starting: bool) -> None:
+        code = slot.process.exitcode
+        info = slot.info
+        logger.warning("worker %s (pid %s) died with exit code %s; replacing it", info.name, slot.process.pid, code)
+        with self._lock:
+            job, slot.job = slot.job, None
+            index = self._slots.index(slot)
+        for conn in (slot.task_conn, slot.result_conn):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        info.restarts += 1
+        if info.restarts > self.max_attempts * max(1, len(self._infos)) + 3:
+            raise WorkerError(f"worker {info.name} keeps dying (exit code {code}); giving up")
+        info.model_loads = {}
+        new_slot = self._spawn(info)
+        with self._lock:
+            self._slots[index] = new_slot
+            if self._stage_msg is not None and slot.stage_reply is None:
+                new_slot.task_conn.send(self._stage_msg)  # it dies mid-boundary: ask the new one
+            else:
+                new_slot.stage_reply = slot.stage_reply
+        if job is not None:
+            self._retry_or_fail(job, f"{info.name}: worker died (exit code {code})")
+
+
+class _ConnQueue:
+    """A queue-like face over one end of a Pipe (``get`` for readers, ``put`` for writers)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def get(self) -> Any:
+        try:
+            return self.conn.recv()
+        except EOFError:
+            return None
+
+    def put(self, item: Any) -> None:
+        self.conn.send(item)
+
+
+def _fatal_error(message: WorkerFatal) -> Exception:
+    if message.error_type in {"ModelLoadError", "ModelNotFoundError"}:
+        return ModelLoadError(message.error)
+    return WorkerError(f"worker {message.worker} could not start: {message.error_type}: {message.error}")

@@ -1,0 +1,295 @@
+"""The prediction stages, each a plain function over paths: prepare → features → classify → report.
+
+Both entry points use these: :func:`virnucpro.pipeline.prediction.run_prediction` calls them in
+sequence; the Prefect flow wraps each in a task. Stages pass paths and small typed records, never
+models or tensors. Every stage is restartable: finished work on disk is checked and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro.config import RunConfig
+from virnucpro.domain.atomic import atomic_write_text
+from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_sequence
+from virnucpro.domain.checksums import sha256_file
+from virnucpro.domain.fasta import read_fasta
+from virnucpro.domain.outputs import OutputPaths
+from virnucpro.domain.prepare import iter_frames
+from virnucpro.domain.records import Frame, FrameScore
+from virnucpro.domain.tables import write_highest_score, write_prediction_results, write_sequence_calls
+from virnucpro.errors import InputError, ModelLoadError, OutputError
+from virnucpro.pipeline.shards import Shard, iter_shard_ids, load_features, read_shard, write_shard
+from virnucpro.pipeline.stage import FeatureStage
+from virnucpro.pipeline.work_queue import BatchQueueManager, StageReport, feature_path
+
+__all__ = [
+    "PreparedSample",
+    "ClassifyReport",
+    "ReportResult",
+    "prepare_stage",
+    "feature_stage",
+    "classify_stage",
+    "report_stage",
+    "stage_report_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+_MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedSample:
+    """The prepared input: frame shards on disk plus counts. Small and picklable."""
+
+    input_path: Path
+    input_sha256: str
+    chunk_length: int
+    output_dir: Path
+    n_records: int
+    n_chunks: int
+    n_frames: int
+    shards: tuple[Shard, ...]
+    seconds: float
+    reused: bool = False
+
+    @property
+    def paths(self) -> OutputPaths:
+        return OutputPaths.for_dir(self.output_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyReport:
+    n_frames: int
+    input_dim: int
+    seconds: float
+    shards_skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    n_frames: int
+    n_chunks_called: int
+    n_virus_chunks: int
+    sequence_calls: dict[str, int]
+    seconds: float
+
+
+# -- prepare ---------------------------------------------------------------------------------
+def prepare_stage(config: RunConfig) -> PreparedSample:
+    """Read, chunk and translate the input; write frame shards and the record list.
+
+    Reuses an earlier preparation of the same input (same SHA-256, chunk length and shard size)
+    so that a resumed run keeps its shard boundaries and finished feature files.
+    """
+    started = time.perf_counter()
+    input_path = Path(config.input_fasta)
+    if not input_path.is_file():
+        raise InputError(f"{input_path}: no such file; check the path of the input FASTA")
+    paths = OutputPaths.for_dir(config.output_dir)
+    _check_output_dir(paths)
+    input_sha = sha256_file(input_path)
+    manifest = _read_manifest(paths.manifest)
+    key = {"input_sha256": input_sha, "chunk_length": config.chunk_length,
+           "shard_frames": config.shard_frames, "version": _MANIFEST_VERSION}
+    if config.resume and manifest is not None and all(manifest.get(k) == v for k, v in key.items()):
+        shards = tuple(
+            Shard(s["shard_id"], paths.shards_dir / s["file"], s["n_frames"], s["n_tokens"])
+            for s in manifest["shards"]
+        )
+        if all(s.path.exists() for s in shards):
+            logger.info("reusing the preparation of %s (%d frames)", input_path, manifest["n_frames"])
+            return PreparedSample(
+                input_path, input_sha, config.chunk_length, Path(config.output_dir),
+                manifest["n_records"], manifest["n_chunks"], manifest["n_frames"], shards,
+                time.perf_counter() - started, reused=True,
+            )
+    if paths.work_dir.exists():
+        shutil.rmtree(paths.work_dir)  # a different input or settings: nothing is reusable
+    paths.shards_dir.mkdir(parents=True, exist_ok=True)
+    n_records = n_chunks = n_frames = 0
+    shards: list[Shard] = []
+    batch: list[Frame] = []
+    record_lines: list[str] = []
+
+    def flush() -> None:
+        shard_id = len(shards)
+        shards.append(write_shard(paths.shards_dir / f"shard_{shard_id:06d}.tsv", shard_id, batch))
+        batch.clear()
+
+    for record in iter_frames(read_fasta(input_path), config.chunk_length):
+        n_records += 1
+        n_chunks += len(record.chunks)
+        record_lines.append(f"{record.record_id}\t{record.length}\t{len(record.chunks)}\n")
+        for frame in record.frames:
+            batch.append(frame)
+            n_frames += 1
+            if len(batch) >= config.shard_frames:
+                flush()
+    if batch:
+        flush()
+    atomic_write_text(paths.records, "".join(record_lines))
+    manifest_data = dict(
+        key,
+        input=str(input_path),
+        n_records=n_records,
+        n_chunks=n_chunks,
+        n_frames=n_frames,
+        shards=[{"shard_id": s.shard_id, "file": s.path.name, "n_frames": s.n_frames,
+                 "n_tokens": s.n_tokens} for s in shards],
+    )
+    atomic_write_text(paths.manifest, json.dumps(manifest_data, indent=1))
+    logger.info("prepared %d records → %d chunks → %d kept frames in %d shards",
+                n_records, n_chunks, n_frames, len(shards))
+    return PreparedSample(
+        input_path, input_sha, config.chunk_length, Path(config.output_dir),
+        n_records, n_chunks, n_frames, tuple(shards), time.perf_counter() - started,
+    )
+
+
+def _check_output_dir(paths: OutputPaths) -> None:
+    if paths.output_dir.exists() and not paths.output_dir.is_dir():
+        raise OutputError(f"{paths.output_dir} exists and is not a directory; choose another --output-dir")
+    try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {paths.output_dir}: {exc}") from exc
+    # Outputs of an earlier run are removed up front, so a failed run never leaves
+    # files that look like its complete result.
+    for path in paths.final_outputs:
+        path.unlink(missing_ok=True)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- features --------------------------------------------------------------------------------
+def feature_stage(prepared: PreparedSample, stage: FeatureStage, queue: BatchQueueManager) -> StageReport:
+    """Compute one stage's embeddings for every shard (skipping finished ones)."""
+    return queue.run_stage(stage, list(prepared.shards), prepared.paths.features_dir)
+
+
+# -- classify --------------------------------------------------------------------------------
+def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyReport:
+    """Join both embeddings by frame ID, classify on the CPU in fp32, write scores per shard."""
+    import torch
+
+    from virnucpro.models.classifier import classify, load_classifier
+
+    started = time.perf_counter()
+    paths = prepared.paths
+    model = load_classifier(classifier_path)
+    input_dim = int(model.input_dim)
+    skipped = 0
+    for shard in prepared.shards:
+        out = paths.scores_dir / f"{shard.name}.npz"
+        ids = list(iter_shard_ids(shard.path))
+        if out.exists() and _scores_complete(out, ids):
+            skipped += 1
+            continue
+        dnabert = load_features(feature_path(paths.features_dir, FeatureStage.DNABERT, shard), ids)
+        esm = load_features(feature_path(paths.features_dir, FeatureStage.ESM, shard), ids)
+        merged = np.concatenate([dnabert, esm], axis=1)
+        if merged.shape[1] != input_dim:
+            raise ModelLoadError(
+                f"{classifier_path}: the classifier expects {input_dim} features, but DNABERT-S "
+                f"gives {dnabert.shape[1]} and ESM-2 {esm.shape[1]} ({merged.shape[1]}); use the "
+                "classifier trained with these two models"
+            )
+        probs = classify(model, torch.from_numpy(merged))
+        _save_scores(out, ids, probs)
+    return ClassifyReport(prepared.n_frames, input_dim, time.perf_counter() - started, skipped)
+
+
+def _save_scores(path: Path, ids: list[str], probs: np.ndarray) -> None:
+    from virnucpro.pipeline.shards import save_features
+
+    save_features(path, ids, probs)
+
+
+def _scores_complete(path: Path, ids: list[str]) -> bool:
+    from virnucpro.pipeline.shards import features_complete
+
+    return features_complete(path, ids)
+
+
+def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, FrameScore]]:
+    """(record ID, chunk ID, score) for every frame, in input order."""
+    for shard in prepared.shards:
+        frames = read_shard(shard.path)
+        ids = [f.frame_id for f in frames]
+        probs = load_features(prepared.paths.scores_dir / f"{shard.name}.npz", ids)
+        for frame, (others, virus) in zip(frames, probs):
+            yield frame.record_id, frame.chunk_id, FrameScore(frame.frame_id, float(others), float(virus))
+
+
+# -- report ----------------------------------------------------------------------------------
+def report_stage(prepared: PreparedSample) -> ReportResult:
+    """Write the original's two tables and the per-sequence table, atomically, in input order."""
+    started = time.perf_counter()
+    paths = prepared.paths
+    all_scores: list[FrameScore] = []
+    n_written = write_prediction_results(
+        paths.prediction_results, (score for _, _, score in _tracked(_iter_frame_scores(prepared), all_scores))
+    )
+    if n_written != prepared.n_frames:
+        raise OutputError(
+            f"{paths.prediction_results}: wrote {n_written} rows for {prepared.n_frames} frames; "
+            "delete the output directory and re-run"
+        )
+    chunk_calls = call_chunks(all_scores)
+    write_highest_score(paths.highest_score, chunk_calls)
+    sequence_calls = list(_call_records(prepared, all_scores))
+    write_sequence_calls(paths.sequences, sequence_calls)
+    counts = {label.value: 0 for label in SequenceCallLabel}
+    for call in sequence_calls:
+        counts[call.call.value] += 1
+    return ReportResult(
+        n_frames=n_written,
+        n_chunks_called=len(chunk_calls),
+        n_virus_chunks=sum(c.is_virus for c in chunk_calls),
+        sequence_calls=counts,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _tracked(items: Iterator[tuple[str, str, FrameScore]], sink: list[FrameScore]) -> Iterator[tuple[str, str, FrameScore]]:
+    for item in items:
+        sink.append(item[2])
+        yield item
+
+
+def _call_records(prepared: PreparedSample, scores: list[FrameScore]) -> Iterator[SequenceCall]:
+    by_id = {s.frame_id: s for s in scores}
+    frames_by_chunk: dict[str, list[str]] = {}
+    for s in scores:
+        frames_by_chunk.setdefault(s.frame_id[:-2], []).append(s.frame_id)
+    with open(prepared.paths.records, encoding="utf-8") as handle:
+        for line in handle:
+            record_id, length, n_chunks = line.rstrip("\n").split("\t")
+            chunk_frame_ids = [
+                frames_by_chunk.get(f"{record_id}_chunk_{k}", []) for k in range(1, int(n_chunks) + 1)
+            ]
+            yield call_sequence(record_id, int(length), chunk_frame_ids, by_id)
+
+
+def stage_report_dict(report: StageReport) -> dict:
+    data = asdict(report)
+    data["stage"] = report.stage.value
+    data["frames_per_s"] = report.frames_per_s
+    data["tokens_per_s"] = report.tokens_per_s
+    return data
+

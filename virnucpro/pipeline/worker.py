@@ -1,0 +1,269 @@
+"""The worker process: loads models, embeds shards, writes feature files.
+
+Started by :class:`~virnucpro.pipeline.persistent_pool.PersistentWorkerPool` with the ``spawn``
+context; the parent has already set ``CUDA_VISIBLE_DEVICES`` (one GPU, seen here as ``cuda:0``)
+and ``PYTORCH_CUDA_ALLOC_CONF`` in this process's environment.
+
+Testing knob: ``VIRNUCPRO_FAULTS`` (JSON) makes a worker fail on purpose, to exercise the
+recovery paths for real: ``{"kill_marker": PATH}`` SIGKILLs the worker at its next task while
+PATH exists (deleting PATH first, so the replacement survives); ``{"oom_above_tokens": N}``
+raises a genuine ``torch.OutOfMemoryError`` for any batch over N padded tokens;
+``{"fail_frame": ID}`` makes every shard holding frame ID fail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from virnucpro.pipeline.batching import pack_batches, padded_tokens
+from virnucpro.pipeline.messages import (
+    EmbedTask,
+    StageEnd,
+    StageEnded,
+    TaskDone,
+    TaskFailed,
+    WorkerFatal,
+    WorkerReady,
+    WorkerSpec,
+)
+from virnucpro.pipeline.shards import read_shard, save_features
+from virnucpro.pipeline.stage import FeatureStage
+
+__all__ = ["worker_main", "token_budget"]
+
+logger = logging.getLogger(__name__)
+
+_CPU_TOKEN_BUDGET = 4096
+_MIN_TOKEN_BUDGET = 256
+_MAX_GPU_TOKEN_BUDGET = 131072
+
+
+@dataclass(slots=True)
+class _Faults:
+    kill_marker: Path | None = None
+    oom_above_tokens: int | None = None
+    fail_frame: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "_Faults":
+        raw = os.environ.get("VIRNUCPRO_FAULTS")
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        marker = data.get("kill_marker")
+        return cls(
+            kill_marker=Path(marker) if marker else None,
+            oom_above_tokens=data.get("oom_above_tokens"),
+            fail_frame=data.get("fail_frame"),
+        )
+
+
+def token_budget(free_bytes: int, dim: int, elem_bytes: int) -> int:
+    """Padded tokens per batch that fit in ``free_bytes`` with room to spare.
+
+    Inference keeps about one layer's activations alive: the residual stream, q/k/v, attention
+    output and the 4x feed-forward hidden state, ~24 values of width ``dim`` per token. Half of the
+    free memory is used; an out-of-memory error still halves the batch and retries.
+    """
+    per_token = max(1, dim * 24 * elem_bytes)
+    budget = int(free_bytes * 0.5 // per_token)
+    return max(_MIN_TOKEN_BUDGET, min(_MAX_GPU_TOKEN_BUDGET, budget))
+
+
+class _Worker:
+    def __init__(self, name: str, spec: WorkerSpec, results: Any) -> None:
+        import torch
+
+        from virnucpro.config import Precision
+
+        self.torch = torch
+        self.name = name
+        self.spec = spec
+        self.results = results
+        self.faults = _Faults.from_env()
+        self.precision = Precision(spec.precision)
+        self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
+        self.embedders: dict[FeatureStage, Any] = {}
+        self.budgets: dict[FeatureStage, int] = {}
+        self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
+        if spec.on_gpu:
+            torch.cuda.set_device(self.device)
+
+    # -- models -------------------------------------------------------------------------------
+    def load(self, stage: FeatureStage) -> Any:
+        if stage in self.embedders:
+            return self.embedders[stage]
+        from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
+
+        started = time.perf_counter()
+        if stage is FeatureStage.DNABERT:
+            embedder = load_dnabert_embedder(self.spec.dnabert_path, self.device, self.precision)
+        else:
+            embedder = load_esm2_embedder(self.spec.esm_path, self.device, self.precision)
+        self.embedders[stage] = embedder
+        self.model_loads[stage.value] += 1
+        logger.info(
+            "%s: loaded %s in %.1f s", self.name, stage.label, time.perf_counter() - started
+        )
+        return embedder
+
+    def release(self, stage: FeatureStage) -> None:
+        self.embedders.pop(stage, None)
+        self.budgets.pop(stage, None)
+        import gc
+
+        gc.collect()
+        self._empty_cache()
+
+    def _empty_cache(self) -> None:
+        if self.spec.on_gpu:
+            self.torch.cuda.empty_cache()
+
+    def budget(self, stage: FeatureStage, embedder: Any) -> int:
+        if stage in self.budgets:
+            return self.budgets[stage]
+        if self.spec.toks_per_batch:
+            budget = self.spec.toks_per_batch
+        elif self.spec.on_gpu:
+            free, _total = self.torch.cuda.mem_get_info(self.device)
+            elem = 4 if self.precision.value == "fp32" else 2
+            budget = token_budget(free, embedder.dim, elem)
+        else:
+            budget = _CPU_TOKEN_BUDGET
+        self.budgets[stage] = budget
+        return budget
+
+    # -- work ---------------------------------------------------------------------------------
+    def peak_mib(self) -> float:
+        if not self.spec.on_gpu:
+            return 0.0
+        return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def embed_task(self, task: EmbedTask) -> TaskDone:
+        torch = self.torch
+        if self.faults.kill_marker is not None and self.faults.kill_marker.exists():
+            self.faults.kill_marker.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        started = time.perf_counter()
+        frames = read_shard(task.shard_path)
+        if self.faults.fail_frame is not None and any(
+            f.frame_id == self.faults.fail_frame for f in frames
+        ):
+            raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
+        embedder = self.load(task.stage)
+        seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
+        lengths = embedder.token_lengths(seqs)
+        budget = self.budget(task.stage, embedder)
+        rows: list[Any] = [None] * len(seqs)
+        oom_retries = 0
+        padded = 0
+        pending = pack_batches(lengths, budget)
+        while pending:
+            batch = pending.pop(0)
+            size = padded_tokens(lengths, batch)
+            try:
+                if self.faults.oom_above_tokens is not None and size > self.faults.oom_above_tokens:
+                    raise torch.OutOfMemoryError(
+                        f"injected OOM: batch of {size} tokens > {self.faults.oom_above_tokens}"
+                    )
+                emb = embedder.embed([seqs[i] for i in batch])
+            except torch.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                oom_retries += 1
+                self._empty_cache()
+                half = len(batch) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+                self.budgets[task.stage] = max(_MIN_TOKEN_BUDGET, size // 2)
+                logger.warning(
+                    "%s: out of memory on a batch of %d tokens; halving and retrying",
+                    self.name,
+                    size,
+                )
+                continue
+            padded += size
+            for row, i in enumerate(batch):
+                rows[i] = emb[row]
+        matrix = torch.stack(rows).numpy() if rows else None
+        if matrix is None:
+            import numpy as np
+
+            matrix = np.zeros((0, embedder.dim), dtype=np.float32)
+        save_features(task.out_path, [f.frame_id for f in frames], matrix)
+        return TaskDone(
+            worker=self.name,
+            task_id=task.task_id,
+            n_frames=len(frames),
+            n_tokens=int(sum(lengths)),
+            padded_tokens=padded,
+            seconds=time.perf_counter() - started,
+            peak_mib=self.peak_mib(),
+            oom_retries=oom_retries,
+            model_loads=dict(self.model_loads),
+        )
+
+    def end_stage(self, message: StageEnd) -> StageEnded:
+        peak = self.peak_mib()
+        if message.release:
+            self.release(message.stage)
+        else:
+            self._empty_cache()
+        allocated = reserved = 0.0
+        if self.spec.on_gpu:
+            allocated = self.torch.cuda.memory_allocated(self.device) / 2**20
+            reserved = self.torch.cuda.memory_reserved(self.device) / 2**20
+            self.torch.cuda.reset_peak_memory_stats(self.device)
+        return StageEnded(
+            worker=self.name,
+            stage=message.stage,
+            peak_mib=peak,
+            allocated_mib=allocated,
+            reserved_mib=reserved,
+            model_loads=dict(self.model_loads),
+        )
+
+
+def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
+    """Process entry point: load, then serve tasks until ``None`` arrives."""
+    logging.basicConfig(level=os.environ.get("VIRNUCPRO_WORKER_LOG_LEVEL", "WARNING"))
+    try:
+        worker = _Worker(name, spec, results)
+        started = time.perf_counter()
+        for stage in spec.preload:
+            worker.load(stage)
+        device_name = "cpu"
+        if spec.on_gpu:
+            device_name = worker.torch.cuda.get_device_name(worker.device)
+        results.put(
+            WorkerReady(
+                worker=name,
+                pid=os.getpid(),
+                loaded=tuple(s.value for s in worker.embedders),
+                load_seconds=time.perf_counter() - started,
+                allocator_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+                device_name=device_name,
+            )
+        )
+    except Exception as exc:  # model files unreadable, CUDA unusable...
+        results.put(WorkerFatal(worker=name, error=str(exc), error_type=type(exc).__name__))
+        return
+    while True:
+        message = tasks.get()
+        if message is None:
+            break
+        if isinstance(message, StageEnd):
+            results.put(worker.end_stage(message))
+            continue
+        try:
+            results.put(worker.embed_task(message))
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            results.put(TaskFailed(worker=name, task_id=message.task_id, error=detail))

@@ -1,0 +1,166 @@
+"""Every path a run reads or writes under its output directory, in ONE place.
+
+Like geNomad's ``GenomadOutputs``: no other module builds an output path string. Get the object with
+:meth:`OutputPaths.for_dir` and use its properties::
+
+    paths = OutputPaths.for_dir(output_dir)
+    paths.prediction_results      # <out>/prediction_results.txt
+    paths.prepared(input_fasta, 500).chunked
+
+Layout::
+
+    <out>/prediction_results.txt               one row per kept frame (original format)
+    <out>/prediction_results_highestscore.csv  one row per scored chunk (original format)
+    <out>/prediction_sequences.tsv             one row per input record (this project's call)
+    <out>/run_info.json                        provenance
+    <out>/report.html                          human-readable summary
+    <out>/.virnucpro_work/                     intermediates (resumable)
+        features/dnabert/  features/esm/       feature shards
+        frames.tsv  scores.npz  DONE
+
+The original's prepared FASTA files (:meth:`OutputPaths.prepared`) are named after the input:
+``<stem>_chunked<L>.fa``, ``<stem>_identified_nucleotide.fa``, ``<stem>_identified_protein.faa``,
+where ``<stem>`` is the input file name without ``.gz`` and without its last FASTA extension
+(``.fa``, ``.fasta``, ``.fna``, ``.fas``, ``.ffn``; compared case-insensitively).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FASTA_EXTENSIONS", "PreparedFiles", "OutputPaths", "input_stem", "prepared_paths"]
+
+FASTA_EXTENSIONS = (".fa", ".fasta", ".fna", ".fas", ".ffn")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFiles:
+    """The three FASTA files the original writes before computing features."""
+
+    chunked: Path
+    nucleotide: Path
+    protein: Path
+
+
+def input_stem(input_path: str | os.PathLike[str]) -> str:
+    """The input file name without ``.gz`` and without its last FASTA extension."""
+    name = Path(input_path).name
+    if name.lower().endswith(".gz"):
+        name = name[: -len(".gz")]
+    lowered = name.lower()
+    for extension in FASTA_EXTENSIONS:
+        if lowered.endswith(extension) and len(name) > len(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def prepared_paths(
+    directory: str | os.PathLike[str], input_path: str | os.PathLike[str], chunk_length: int
+) -> PreparedFiles:
+    """The prepared-file paths for ``input_path`` at ``chunk_length``, inside ``directory``."""
+    folder = Path(directory)
+    stem = input_stem(input_path)
+    return PreparedFiles(
+        chunked=folder / f"{stem}_chunked{chunk_length}.fa",
+        nucleotide=folder / f"{stem}_identified_nucleotide.fa",
+        protein=folder / f"{stem}_identified_protein.faa",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPaths:
+    """All output paths of one run, derived from its output directory."""
+
+    output_dir: Path
+
+    @classmethod
+    def for_dir(cls, output_dir: str | os.PathLike[str]) -> OutputPaths:
+        return cls(output_dir=Path(output_dir))
+
+    # Final outputs ---------------------------------------------------------------------------
+    @property
+    def prediction_results(self) -> Path:
+        return self.output_dir / "prediction_results.txt"
+
+    @property
+    def highest_score(self) -> Path:
+        return self.output_dir / "prediction_results_highestscore.csv"
+
+    @property
+    def sequences(self) -> Path:
+        return self.output_dir / "prediction_sequences.tsv"
+
+    @property
+    def run_info(self) -> Path:
+        return self.output_dir / "run_info.json"
+
+    @property
+    def report(self) -> Path:
+        return self.output_dir / "report.html"
+
+    @property
+    def final_outputs(self) -> tuple[Path, ...]:
+        """Every final (non-intermediate) output file, in the order above."""
+        return (
+            self.prediction_results,
+            self.highest_score,
+            self.sequences,
+            self.run_info,
+            self.report,
+        )
+
+    # Intermediates ---------------------------------------------------------------------------
+    @property
+    def work_dir(self) -> Path:
+        return self.output_dir / ".virnucpro_work"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.work_dir / "features"
+
+    @property
+    def dnabert_features_dir(self) -> Path:
+        return self.features_dir / "dnabert"
+
+    @property
+    def esm_features_dir(self) -> Path:
+        return self.features_dir / "esm"
+
+    @property
+    def frames(self) -> Path:
+        return self.work_dir / "frames.tsv"
+
+    @property
+    def scores(self) -> Path:
+        return self.work_dir / "scores.npz"
+
+    @property
+    def shards_dir(self) -> Path:
+        """Frame shards: the work units handed to workers."""
+        return self.work_dir / "shards"
+
+    @property
+    def records(self) -> Path:
+        """One line per input record: ID, length, number of chunks (for per-sequence calls)."""
+        return self.work_dir / "records.tsv"
+
+    @property
+    def manifest(self) -> Path:
+        """What was prepared from which input (SHA-256, chunk length, shards): the resume key."""
+        return self.work_dir / "prepared.json"
+
+    @property
+    def scores_dir(self) -> Path:
+        """Per-shard classifier scores."""
+        return self.work_dir / "scores"
+
+    @property
+    def done_marker(self) -> Path:
+        return self.work_dir / "DONE"
+
+    # The original's prepared FASTA files -----------------------------------------------------
+    def prepared(self, input_path: str | os.PathLike[str], chunk_length: int) -> PreparedFiles:
+        """The three prepared-file paths for ``input_path``, in the output directory."""
+        return prepared_paths(self.output_dir, input_path, chunk_length)

@@ -56,6 +56,7 @@ class WorkerReady:
     load_seconds: float
     allocator_conf: str
     device_name: str
+    cuda_visible_devices: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,11 +174,9 @@ class PersistentWorkerPool:
         with _ENV_LOCK:  # the child copies os.environ at start(); set it for this child only
             saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")}
             try:
-                if info.device.cuda_visible_devices is not None:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = info.device.cuda_visible_devices
-                    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_CONF
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+                # a CPU worker gets an empty list: it can never touch a GPU by accident
+                os.environ["CUDA_VISIBLE_DEVICES"] = info.device.cuda_visible_devices or ""
+                os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_CONF
                 process.start()
             finally:
                 for key, value in saved.items():
@@ -241,6 +239,15 @@ class PersistentWorkerPool:
         with self._lock:
             self._pending.append(_Job(task, future))
         return future
+
+    def cancel_pending(self) -> int:
+        """Drop queued (not yet running) tasks, cancelling their futures; returns how many."""
+        with self._lock:
+            jobs = list(self._pending)
+            self._pending.clear()
+        for job in jobs:
+            job.future.cancel()
+        return len(jobs)
 
     def end_stage(self, stage: FeatureStage, release: bool, timeout: float = 300.0) -> list[StageEnded]:
         """Tell every worker a stage ended (empty_cache; ``release`` unloads its model too).

@@ -218,7 +218,16 @@ class BatchQueueManager:
         while remaining:
             finished, remaining = wait_futures(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
-                dones.append(future.result())  # a WorkerError here fails the stage loudly
+                try:
+                    dones.append(future.result())  # a WorkerError here fails the stage loudly
+                except BaseException:
+                    pool.cancel_pending()
+                    for other in remaining:  # let running shards finish before the pool is reused
+                        try:
+                            other.result(timeout=600)
+                        except BaseException:
+                            pass
+                    raise
             now = time.perf_counter()
             if now - last_report >= self.progress_interval or not remaining:
                 last_report = now

@@ -250,6 +250,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
                 load_seconds=time.perf_counter() - started,
                 allocator_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                 device_name=device_name,
+                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             )
         )
     except Exception as exc:  # model files unreadable, CUDA unusable...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -195,7 +196,7 @@ def models_make_demo(out_dir: Path, seed: int) -> None:
 
     demo = make_demo_models(out_dir, seed=seed)
     click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {out_dir}")
-    for name, value in vars(demo).items() if hasattr(demo, "__dict__") else []:
+    for name, value in dataclasses.asdict(demo).items():
         click.echo(f"  {name}: {value}")
 
 

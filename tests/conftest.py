@@ -1,0 +1,51 @@
+"""Shared test fixtures. Model fixtures first; other areas may append theirs below."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``$VIRNUCPRO_SHARED_DIR`` or ``<repo>/../shared``; skips the test when it is absent."""
+    path = Path(os.environ.get("VIRNUCPRO_SHARED_DIR", REPO_ROOT.parent / "shared"))
+    if not path.is_dir():
+        pytest.skip(f"shared data directory {path} is absent (set VIRNUCPRO_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_tiny_dir(shared_dir: Path) -> Path:
+    """``shared/golden/vanilla-tiny``: the original tool's outputs on tiny real-architecture models."""
+    path = shared_dir / "golden" / "vanilla-tiny"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory):  # -> virnucpro.models.demo.DemoModels
+    """Tiny random models in the real formats (seed 0), built once per session."""
+    from virnucpro.models.demo import make_demo_models
+
+    return make_demo_models(tmp_path_factory.mktemp("demo_models"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_dnabert_dir(demo_models) -> Path:  # type: ignore[no-untyped-def]
+    """A DNABERT-S snapshot directory (12 heads, hidden 48) with random weights."""
+    return demo_models.dnabert
+
+
+@pytest.fixture(scope="session")
+def demo_esm_checkpoint(demo_models) -> Path:  # type: ignore[no-untyped-def]
+    """A fair-esm hub checkpoint of a 36-layer, 16-dim ESM-2 with random weights."""
+    return demo_models.esm

@@ -8,14 +8,13 @@ Finished shards are therefore never recomputed on resume, and a bad file is reco
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from virnucpro.domain.atomic import atomic_open
 from virnucpro.domain.records import Frame
 from virnucpro.errors import WorkerError
 
@@ -59,31 +58,18 @@ def protein_tokens(protein: str) -> int:
     return min(len(protein), 1024) + 2
 
 
-def _atomic_target(path: Path, suffix: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    return fd, Path(tmp)
-
-
 def write_shard(path: Path, shard_id: int, frames: Iterable[Frame]) -> Shard:
     """Write frames as a shard file atomically and describe it."""
     n_frames = 0
     n_tokens = 0
-    fd, tmp = _atomic_target(path, ".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
-            for frame in frames:
-                handle.write(
-                    f"{frame.id}\t{frame.record_id}\t{frame.chunk_id}\t{frame.dna}\t{frame.protein}\n"
-                )
-                n_frames += 1
-                n_tokens += protein_tokens(frame.protein)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w", encoding="ascii") as handle:
+        for frame in frames:
+            handle.write(
+                f"{frame.id}\t{frame.record_id}\t{frame.chunk_id}\t{frame.dna}\t{frame.protein}\n"
+            )
+            n_frames += 1
+            n_tokens += protein_tokens(frame.protein)
     return Shard(shard_id=shard_id, path=path, n_frames=n_frames, n_tokens=n_tokens)
 
 
@@ -104,16 +90,9 @@ def iter_shard_ids(path: Path) -> Iterator[str]:
 
 def save_features(path: Path, ids: list[str], emb: np.ndarray) -> None:
     """Write a feature file atomically (temp file, fsync, rename)."""
-    fd, tmp = _atomic_target(path, ".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, ids=np.asarray(ids, dtype=str), emb=np.asarray(emb, dtype=np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, ids=np.asarray(ids, dtype=str), emb=np.asarray(emb, dtype=np.float32))
 
 
 def load_features(path: Path, expected_ids: list[str]) -> np.ndarray:

@@ -27,7 +27,15 @@ from virnucpro.domain.prepare import iter_frames
 from virnucpro.domain.records import Frame, FrameScore
 from virnucpro.domain.tables import write_highest_score, write_prediction_results, write_sequence_calls
 from virnucpro.errors import InputError, ModelLoadError, OutputError
-from virnucpro.pipeline.shards import Shard, iter_shard_ids, load_features, read_shard, write_shard
+from virnucpro.pipeline.shards import (
+    Shard,
+    features_complete,
+    iter_shard_ids,
+    load_features,
+    read_shard,
+    save_features,
+    write_shard,
+)
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.work_queue import BatchQueueManager, StageReport, feature_path
 
@@ -197,7 +205,7 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
     for shard in prepared.shards:
         out = paths.scores_dir / f"{shard.name}.npz"
         ids = list(iter_shard_ids(shard.path))
-        if out.exists() and _scores_complete(out, ids):
+        if features_complete(out, ids):
             skipped += 1
             continue
         dnabert = load_features(feature_path(paths.features_dir, FeatureStage.DNABERT, shard), ids)
@@ -210,20 +218,8 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
                 "classifier trained with these two models"
             )
         probs = classify(model, torch.from_numpy(merged))
-        _save_scores(out, ids, probs)
+        save_features(out, ids, probs)  # same checked format as features
     return ClassifyReport(prepared.n_frames, input_dim, time.perf_counter() - started, skipped)
-
-
-def _save_scores(path: Path, ids: list[str], probs: np.ndarray) -> None:
-    from virnucpro.pipeline.shards import save_features
-
-    save_features(path, ids, probs)
-
-
-def _scores_complete(path: Path, ids: list[str]) -> bool:
-    from virnucpro.pipeline.shards import features_complete
-
-    return features_complete(path, ids)
 
 
 def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, FrameScore]]:

@@ -1,0 +1,332 @@
+"""Deployments for real: ``prefect server start`` on 127.0.0.1, ``prefect deploy --all`` from
+``prefect.yaml``, a process worker started by ``deployments/start-worker.sh``, and runs made with
+``prefect deployment run``.
+
+The deploy happens from a copy of the checkout, which is then RENAMED before the worker starts
+with ``VIRNUCPRO_HOME`` naming the new location: a run only completes if the pull step holds no
+path of the deploying machine. The copy's package version carries a marker that the runs'
+run_info.json must show, so the code that ran is the copy's, not the developer checkout's.
+
+One server and one worker serve all deployment tests (module fixtures); everything started is
+stopped by process group in teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSION_MARKER = "+deploytest"
+RUN_TIMEOUT_S = 420
+_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".hypothesis",
+    "build", "dist", "example_output", "runs", "out", ".carry", ".whl", ".gl", ".ruff_cache", ".mypy_cache",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, with everything in its process group."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclass
+class Site:
+    """A running server + worker, and where things are."""
+
+    url: str
+    env: dict[str, str]
+    checkout: Path
+    deployed_from: Path
+    worker_log: Path
+    inbox: Path
+    outbox: Path
+    data: Path
+
+    def prefect(self, *args: str, cwd: Path | None = None, timeout: float = 300) -> str:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "prefect"), *args], cwd=cwd or self.checkout,
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        return done.stdout + done.stderr
+
+    def run_deployment(self, name: str, **params: object) -> str:
+        args = ["deployment", "run", name]
+        for key, value in params.items():
+            args += ["-p", f"{key}={value}"]
+        out = self.prefect(*args)
+        match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+        assert match, out
+        return match.group(1)
+
+    def wait(self, flow_run_id: str, timeout: float = RUN_TIMEOUT_S):  # type: ignore[no-untyped-def]
+        from prefect.client.orchestration import get_client
+
+        async def poll():  # type: ignore[no-untyped-def]
+            async with get_client() as client:
+                deadline = time.monotonic() + timeout
+                while True:
+                    run = await client.read_flow_run(flow_run_id)
+                    if run.state is not None and run.state.is_final():
+                        return run
+                    if time.monotonic() > deadline:
+                        return run
+                    await asyncio.sleep(2)
+
+        run = self.api(poll)
+        log = self.worker_log.read_text(errors="replace")[-6000:]
+        assert run.state is not None and run.state.is_final(), f"not finished in {timeout} s\n{log}"
+        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log}"
+        return run
+
+    def api(self, make_coro):  # type: ignore[no-untyped-def]
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            return asyncio.run(make_coro())
+
+    def artifacts(self, flow_run_id: str, key: str) -> list:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+        async def read():  # type: ignore[no-untyped-def]
+            async with get_client() as client:
+                return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                ))
+
+        return self.api(read)
+
+    def deployment(self, name: str):  # type: ignore[no-untyped-def]
+        from prefect.client.orchestration import get_client
+
+        async def read():  # type: ignore[no-untyped-def]
+            async with get_client() as client:
+                return await client.read_deployment_by_name(name)
+
+        return self.api(read)
+
+
+def _records(shared_dir: Path) -> list[str]:
+    text = (shared_dir / "golden" / "vanilla-tiny" / "shared_real.fa").read_text()
+    return [">" + r for r in text.split(">")[1:]]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, demo_models) -> Iterator[Site]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("deploy")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "PYTHONPATH"}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=str(root / "prefect-home"),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_PREFETCH_SECONDS="5",
+        PREFECT_LOGGING_EXTRA_LOGGERS="virnucpro",
+    )
+    processes: list[subprocess.Popen] = []
+    try:
+        server_log = root / "server.log"
+        with open(server_log, "wb") as log:
+            server = subprocess.Popen(
+                [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                 "--port", str(port)],
+                env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+            )
+        processes.append(server)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server_log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "server did not become healthy:\n" + server_log.read_text()[-4000:]
+            time.sleep(1)
+
+        # a checkout in a temp location, marked so that its code is recognisable in run_info.json
+        deployed_from = root / "deploy-checkout"
+        shutil.copytree(REPO_ROOT, deployed_from, ignore=_IGNORE)
+        init = deployed_from / "virnucpro" / "__init__.py"
+        init.write_text(re.sub(r'(__version__ = "[^"]+)"', rf'\1{VERSION_MARKER}"', init.read_text()))
+        data = root / "data"
+        inbox, outbox = data / "inbox", data / "outbox"
+        inbox.mkdir(parents=True)
+        records = _records(shared_dir)
+        for name, part in (("s1.fa", records[0:3]), ("s2.fasta", records[3:6]), ("s3.fna", records[6:9])):
+            (inbox / name).write_text("".join(part))
+        site = Site(url=url, env=env, checkout=deployed_from, deployed_from=deployed_from,
+                    worker_log=root / "worker.log", inbox=inbox, outbox=outbox, data=data)
+        site.prefect("work-pool", "create", "virnucpro-gpu", "--type", "process",
+                     "--base-job-template", str(deployed_from / "deployments" / "gpu-process-pool.json"))
+        deploy_env = {**env, "VIRNUCPRO_INBOX": str(inbox), "VIRNUCPRO_OUTBOX": str(outbox)}
+        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+                              cwd=deployed_from, env=deploy_env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+        # the worker's checkout is somewhere else: the deploying checkout is gone
+        checkout = root / "worker-checkout"
+        deployed_from.rename(checkout)
+        site.checkout = checkout
+        worker_cwd = root / "worker-cwd"
+        worker_cwd.mkdir()
+        with open(site.worker_log, "wb") as log:
+            worker = subprocess.Popen(
+                ["bash", str(checkout / "deployments" / "start-worker.sh"), "cpu"],
+                env={**env, "VIRNUCPRO_HOME": str(checkout)}, cwd=worker_cwd, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        processes.append(worker)
+        yield site
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+
+
+def _model_params(demo_models) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    return {"device": "cpu", "dnabert_model": demo_models.dnabert, "esm_model": demo_models.esm,
+            "classifier": demo_models.classifier(500)}
+
+
+@pytest.mark.slow
+def test_deployments_come_from_prefect_yaml(site: Site) -> None:
+    predict = site.deployment("virnucpro-predict/predict")
+    nightly = site.deployment("virnucpro-nightly/nightly")
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $VIRNUCPRO_HOME }}"}}]
+    for deployment in (predict, nightly):
+        assert deployment.work_pool_name == "virnucpro-gpu"
+        assert deployment.pull_steps == pull
+        assert str(site.deployed_from) not in deployment.model_dump_json()  # no deploy-time path
+    assert predict.parameters["persistent_models"] is True
+    assert "persistent_models" in predict.parameter_openapi_schema["properties"]
+    assert nightly.parameters["inbox"] == str(site.inbox) and nightly.parameters["outbox"] == str(site.outbox)
+    schedule = nightly.schedules[0].schedule
+    assert schedule.cron == "0 2 * * *" and schedule.timezone
+
+
+@pytest.mark.slow
+def test_predict_deployment_run_with_persistent_models(site: Site, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = site.data / "predict-out"
+    flow_run_id = site.run_deployment(
+        "virnucpro-predict/predict", input_fasta=site.inbox / "s1.fa", output_dir=out,
+        persistent_models="true", **_model_params(demo_models),
+    )
+    site.wait(flow_run_id)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["virnucpro_version"].endswith(VERSION_MARKER)  # the worker checkout's code ran
+    assert info["persistent_models"] is True
+    assert [s["model_loads"] for s in info["stages"]] == [{"cpu": {"dnabert": 1, "esm": 1}}] * 2
+    memory = site.artifacts(flow_run_id, "gpu-memory-checkpoints")
+    assert len(memory) == 1 and memory[0].type == "table"
+    rows = json.loads(memory[0].data)
+    assert [r["checkpoint"] for r in rows][:1] == ["start"]
+    assert {r["checkpoint"] for r in rows} >= {"after-dnabert", "after-esm", "end"}
+    summary = site.artifacts(flow_run_id, "prediction-summary")
+    assert len(summary) == 1 and summary[0].type == "markdown"
+    assert info["models"]["esm"]["sha256"] in summary[0].data and "DEMO MODELS" in summary[0].data
+
+
+@pytest.mark.slow
+def test_nightly_deployment_run_loads_models_once(site: Site, demo_models) -> None:  # type: ignore[no-untyped-def]
+    flow_run_id = site.run_deployment("virnucpro-nightly/nightly", **_model_params(demo_models))
+    site.wait(flow_run_id)
+    report = json.loads(next(site.outbox.glob("nightly-*.json")).read_text())
+    assert report["counts"]["done"] == 3 and report["mode"] == "persistent pool"
+    assert report["pools_opened"] == 1 and report["model_loads"] == {"cpu": {"dnabert": 1, "esm": 1}}
+    for sample in report["samples"]:
+        info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())
+        assert info["virnucpro_version"].endswith(VERSION_MARKER)
+    summary = site.artifacts(flow_run_id, "nightly-summary")
+    assert len(summary) == 1 and "3 done, 0 failed" in summary[0].data
+
+
+@pytest.mark.slow
+def test_nightly_dispatches_each_sample_as_a_predict_run(site: Site, demo_models, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    inbox, outbox = site.data / "inbox-dispatch", site.data / "outbox-dispatch"
+    inbox.mkdir()
+    records = _records(shared_dir)
+    (inbox / "d1.fa").write_text("".join(records[10:12]))
+    (inbox / "d2.fa").write_text("".join(records[12:14]))
+    flow_run_id = site.run_deployment(
+        "virnucpro-nightly/nightly", inbox=inbox, outbox=outbox, dispatch_deployments="true",
+        **_model_params(demo_models),
+    )
+    site.wait(flow_run_id, timeout=2 * RUN_TIMEOUT_S)
+    report = json.loads(next(outbox.glob("nightly-*.json")).read_text())
+    assert report["mode"] == "dispatched to virnucpro-predict/predict"
+    assert report["counts"]["done"] == 2
+    runs = {s["flow_run_id"] for s in report["samples"]}
+    assert len(runs) == 2 and flow_run_id not in runs
+    for sample in report["samples"]:  # each sample was its own predict deployment run
+        assert site.artifacts(sample["flow_run_id"], "prediction-summary")
+        assert (Path(sample["output_dir"]) / ".virnucpro_work" / "DONE").read_text().strip() == sample["sha256"]
+
+
+# -- the work-pool templates ----------------------------------------------------------------
+@pytest.mark.slow
+def test_gpu_process_pool_template_wires_cuda_visible_devices(site: Site) -> None:
+    from prefect.workers.process import ProcessJobConfiguration
+
+    template = json.loads((REPO_ROOT / "deployments" / "gpu-process-pool.json").read_text())
+
+    def configure(values: dict):  # type: ignore[no-untyped-def]
+        return lambda: ProcessJobConfiguration.from_template_and_values(template, values)
+
+    pinned = site.api(configure({"cuda_visible_devices": "1"}))
+    assert pinned.env["CUDA_VISIBLE_DEVICES"] == "1" and pinned.env["DO_NOT_TRACK"] == "1"
+    inherit = site.api(configure({}))
+    assert inherit.env.get("CUDA_VISIBLE_DEVICES") is None  # dropped: the worker's own pinning applies
+    merged = site.api(configure({"cuda_visible_devices": "0", "env": {"EXTRA": "x"}}))
+    assert merged.env["CUDA_VISIBLE_DEVICES"] == "0" and merged.env["EXTRA"] == "x"
+
+
+def test_kubernetes_pool_template_requests_gpus() -> None:
+    template = json.loads((REPO_ROOT / "deployments" / "kubernetes-gpu-pool.json").read_text())
+    manifest = template["job_configuration"]["job_manifest"]
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    assert template["variables"]["properties"]["gpu_count"]["default"] == 1
+    placeholders = set(re.findall(r"{{\s*([a-z_]+)\s*}}", json.dumps(template["job_configuration"])))
+    assert placeholders <= set(template["variables"]["properties"])  # every placeholder is a variable

@@ -135,7 +135,8 @@ class PersistentWorkerPool:
 
     @property
     def is_running(self) -> bool:
-        return self._started and not self._closed
+        """Started, not closed, and its dispatcher healthy (a fatal error makes it unusable)."""
+        return self._started and not self._closed and self._fatal is None
 
     def start(self) -> "PersistentWorkerPool":
         """Start every worker and wait until each has loaded its models."""

@@ -49,3 +49,22 @@ def demo_dnabert_dir(demo_models) -> Path:  # type: ignore[no-untyped-def]
 def demo_esm_checkpoint(demo_models) -> Path:  # type: ignore[no-untyped-def]
     """A fair-esm hub checkpoint of a 36-layer, 16-dim ESM-2 with random weights."""
     return demo_models.esm
+
+
+# --- GPU marker ----------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """Every ``@pytest.mark.gpu`` test is skipped where CUDA is not available (CI, laptops)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (GPU tests run on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

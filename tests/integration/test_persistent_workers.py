@@ -30,7 +30,11 @@ from virnucpro.pipeline.work_queue import BatchQueueManager
 OUTPUTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_sequences.tsv")
 
 torch = pytest.importorskip("torch")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def gpu(test):  # type: ignore[no-untyped-def]
+    """``@pytest.mark.gpu``, skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,50 @@ def models_make_demo(out_dir: Path, seed: int) -> None:
         click.echo(f"  {name}: {value}")
 
 
+@cli.command("validate-precision")
+@click.argument("input_fasta", type=click.Path(path_type=Path))
+@_chunk_option
+@_model_options
+@click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default="auto",
+              show_default=True, help="Where to run both precisions (auto: the first GPU if any).")
+@click.option("--precisions", default="bf16,fp16", show_default=True,
+              help="Comma-separated precisions to compare with fp32.")
+@click.option("--max-frames", type=int, default=2000, show_default=True,
+              help="Compare on the input's first N kept frames.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the full result as JSON here.")
+def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: Path | None,
+                           esm_model: Path | None, classifier: Path | None, device: str,
+                           precisions: str, max_frames: int, json_out: Path | None) -> None:
+    """Compare fp32 with faster precisions on a sample of INPUT_FASTA: embedding cosine, scores, labels."""
+    from virnucpro.models.discovery import resolve_models
+    from virnucpro.validation import format_table, validate_precision
+
+    chosen = [Precision.parse(p.strip()) for p in precisions.split(",") if p.strip()]
+    if not chosen or any(p is None for p in chosen):
+        raise ConfigError(f"--precisions '{precisions}' must list bf16, fp16 and/or fp32")
+    if max_frames < 1:
+        raise ConfigError("--max-frames must be at least 1")
+    models = resolve_models(dnabert_model, esm_model, classifier, int(chunk_length))
+    kind = DeviceKind.parse(device)
+    if kind is not DeviceKind.CPU:
+        import torch
+
+        if torch.cuda.is_available():
+            kind = DeviceKind.CUDA
+        elif kind is DeviceKind.CUDA:
+            raise ConfigError("--device cuda was requested but no GPU is visible; use --device cpu")
+    result = validate_precision(
+        input_fasta, models.dnabert.path, models.esm.path, models.classifier.path,
+        device="cuda:0" if kind is DeviceKind.CUDA else "cpu", precisions=chosen,
+        chunk_length=int(chunk_length), max_frames=max_frames,
+        progress=lambda msg: click.echo(f"  {msg}", err=True),
+    )
+    click.echo(format_table(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     cli(args=argv, prog_name="virnucpro", obj={})

@@ -10,23 +10,37 @@ its batch (up to float rounding; tested against one-at-a-time).
 - ESM-2: last-layer representation averaged over residue positions 1..min(1024, p); proteins
   longer than 1024 residues are truncated as fair-esm's batch converter does with
   ``truncation_seq_length=1024`` (BOS/EOS excluded from the mean).
+
+Two ways to call: ``embed(sequences)`` (synchronous), or ``encode`` once, then
+``submit(rows)`` per batch, which queues the GPU work and an asynchronous copy of the result to
+pinned host memory and returns at once; ``.result()`` waits. A worker keeps one batch in flight
+while it prepares the next, so the GPU never waits for the host between batches.
+
+On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast_path` (fused q/k/v,
+compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
+lengths); on the CPU they run the plain modules, which are the fp32 reference.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from virnucpro.config import Precision
 from virnucpro.models.dnabert import DnabertS, load_dnabert
 from virnucpro.models.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.esm2 import Esm2Encoder, load_esm2
+from virnucpro.models.fast_path import FastDnabert, FastEsm2, compile_default
 from virnucpro.models.precision import torch_dtype
 
 __all__ = [
     "DnabertEmbedder",
     "Esm2Embedder",
+    "PendingEmbedding",
     "load_dnabert_embedder",
     "load_esm2_embedder",
     "ESM_MAX_RESIDUES",
@@ -35,12 +49,36 @@ __all__ = [
 ESM_MAX_RESIDUES = 1024
 
 
-def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+class PendingEmbedding:
+    """An embedding batch being computed; ``result()`` waits and returns ``[N, dim]`` fp32 CPU."""
+
+    def __init__(self, out: torch.Tensor, event: "torch.cuda.Event | None" = None) -> None:
+        self._out = out
+        self._event = event
+
+    def result(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._out
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    padded = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    padded = np.full((len(rows), width), pad_id, dtype=np.int64)
     for i, row in enumerate(rows):
-        padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return padded.to(device, non_blocking=True)
+        padded[i, : len(row)] = row
+    tensor = torch.from_numpy(padded)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    tensor = torch.tensor(list(values), dtype=torch.long)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def _masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -50,47 +88,116 @@ def _masked_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return total / weights.sum(dim=1)
 
 
+def _finish(mean: torch.Tensor) -> PendingEmbedding:
+    """Start the copy of ``mean`` to the host; on CUDA it is asynchronous (pinned memory)."""
+    if mean.device.type != "cuda":
+        return PendingEmbedding(mean.cpu())
+    out = torch.empty(mean.shape, dtype=torch.float32, pin_memory=True)
+    out.copy_(mean, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return PendingEmbedding(out, event)
+
+
+def _grad_off(runner: object) -> contextlib.AbstractContextManager:
+    """``inference_mode`` for the plain modules; ``no_grad`` for the (compiled) fast path."""
+    return torch.inference_mode() if runner is None else torch.no_grad()
+
+
+def _use_fast(device: torch.device, fast: bool | None) -> bool:
+    return device.type == "cuda" if fast is None else fast
+
+
 class DnabertEmbedder:
     """DNABERT-S features: ``embed(dna) -> [N, dim]`` float32 on the CPU."""
 
-    def __init__(self, model: DnabertS, tokenizer: DnaTokenizer) -> None:
+    def __init__(
+        self,
+        model: DnabertS,
+        tokenizer: DnaTokenizer,
+        *,
+        fast: bool | None = None,
+        compile: bool | None = None,
+        attention_dtype: torch.dtype | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         first = next(model.parameters())
         self.device = first.device
         self.dtype = model.encoder.layer[0].attention.self.Wqkv.weight.dtype
+        self.runner: FastDnabert | None = None
+        if _use_fast(self.device, fast):
+            if compile is None:
+                compile = compile_default(self.device, self.dtype)
+            self.runner = FastDnabert(model, compile=compile, attention_dtype=attention_dtype)
 
     @property
     def dim(self) -> int:
         return self.model.dim
 
+    def encode(self, sequences: list[str]) -> list[list[int]]:
+        """Token ids per sequence, ``[CLS]`` and ``[SEP]`` included."""
+        return self.tokenizer.encode_batch(sequences) if sequences else []
+
     def token_lengths(self, sequences: list[str]) -> list[int]:
         """Tokens per sequence, ``[CLS]`` and ``[SEP]`` included (the padded-cost unit)."""
-        return [len(ids) for ids in self.tokenizer.encode_batch(sequences)]
+        return [len(ids) for ids in self.encode(sequences)]
+
+    def submit(self, rows: Sequence[Sequence[int]]) -> PendingEmbedding:
+        """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
+        if not rows:
+            return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
+        ids = _pad(rows, self.tokenizer.pad_id, self.device)
+        lengths = _to_device([len(r) for r in rows], self.device)
+        keep = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
+        with _grad_off(self.runner):
+            if self.runner is not None:
+                hidden = self.runner(ids, keep)
+            else:
+                hidden = self.model(ids, keep.to(torch.long))
+            return _finish(_masked_mean(hidden, keep))
 
     def embed(self, sequences: list[str]) -> torch.Tensor:
         """Mean over all tokens (``[CLS]``/``[SEP]`` included) of the last hidden state."""
-        if not sequences:
-            return torch.empty((0, self.dim), dtype=torch.float32)
-        rows = self.tokenizer.encode_batch(sequences)
-        ids = _pad(rows, self.tokenizer.pad_id, self.device)
-        lengths = torch.tensor([len(r) for r in rows], device=self.device)
-        mask = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
-        with torch.inference_mode():
-            hidden = self.model(ids, mask.to(torch.long))
-            return _masked_mean(hidden, mask).cpu()
+        return self.submit(self.encode(sequences)).result()
+
+    def warmup(self, max_tokens: int = 512) -> None:
+        """Trigger compilation at load time, on a batch of about ``max_tokens`` tokens.
+
+        The compiled kernels are tuned for the sizes of their first call, so a worker warms up
+        with a batch of realistic size (see :func:`_warmup_batch`).
+        """
+        rng = np.random.default_rng(0)
+        n = max(2, max_tokens // 112)
+        seqs = ["".join(rng.choice(list("ACGT"), size=int(rng.integers(480, 500)))) for _ in range(n)]
+        self.embed(seqs)
 
 
 class Esm2Embedder:
     """ESM-2 features: ``embed(proteins) -> [N, dim]`` float32 on the CPU."""
 
-    def __init__(self, model: Esm2Encoder, max_residues: int = ESM_MAX_RESIDUES) -> None:
+    def __init__(
+        self,
+        model: Esm2Encoder,
+        max_residues: int = ESM_MAX_RESIDUES,
+        *,
+        fast: bool | None = None,
+        compile: bool | None = None,
+        residual_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.model = model
         self.alphabet = model.alphabet
         self.max_residues = max_residues
         first = next(model.parameters())
         self.device = first.device
         self.dtype = model.layers[0].fc1.weight.dtype
+        self.runner: FastEsm2 | None = None
+        if _use_fast(self.device, fast):
+            if compile is None:
+                compile = compile_default(self.device, self.dtype)
+            self.runner = FastEsm2(
+                model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2
+            )
 
     @property
     def dim(self) -> int:
@@ -100,32 +207,76 @@ class Esm2Embedder:
         """Tokens per protein after truncation, BOS and EOS included."""
         return [min(len(p), self.max_residues) + 2 for p in proteins]
 
+    def encode(self, proteins: list[str]) -> list[list[int]]:
+        """``<cls> residues[:1024] <eos>`` per protein; an empty protein is an error."""
+        truncated = [p[: self.max_residues] for p in proteins]
+        if any(not p for p in truncated):
+            raise ValueError("an empty protein has no residues to average; drop it before ESM-2")
+        return [self.alphabet.encode(p) for p in truncated]
+
+    def submit(self, rows: Sequence[Sequence[int]]) -> PendingEmbedding:
+        """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
+        if not rows:
+            return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
+        lengths = [len(r) for r in rows]
+        uniform = min(lengths) == max(lengths)
+        tokens = _pad(rows, self.alphabet.padding_idx, self.device)
+        position = torch.arange(tokens.shape[1], device=self.device)[None, :]
+        if uniform:
+            keep = ((position >= 1) & (position <= lengths[0] - 2)).expand(len(rows), -1)
+        else:
+            residues = _to_device([n - 2 for n in lengths], self.device)
+            keep = (position >= 1) & (position <= residues[:, None])
+        with _grad_off(self.runner):
+            if self.runner is not None:
+                hidden = self.runner(tokens, uniform)
+            else:
+                hidden = self.model(tokens)
+            return _finish(_masked_mean(hidden, keep))
+
     def embed(self, proteins: list[str]) -> torch.Tensor:
         """Mean of the last-layer representation over residues 1..min(1024, p)."""
         if not proteins:
             return torch.empty((0, self.dim), dtype=torch.float32)
-        truncated = [p[: self.max_residues] for p in proteins]
-        if any(not p for p in truncated):
-            raise ValueError("an empty protein has no residues to average; drop it before ESM-2")
-        rows = [self.alphabet.encode(p) for p in truncated]
-        tokens = _pad(rows, self.alphabet.padding_idx, self.device)
-        residues = torch.tensor([len(p) for p in truncated], device=self.device)
-        position = torch.arange(tokens.shape[1], device=self.device)[None, :]
-        keep = (position >= 1) & (position <= residues[:, None])
-        with torch.inference_mode():
-            return _masked_mean(self.model(tokens), keep).cpu()
+        return self.submit(self.encode(proteins)).result()
+
+    def warmup(self, max_tokens: int = 512) -> None:
+        """Trigger compilation at load time: one batch of equal lengths (no mask), one mixed.
+
+        Both batches hold about ``max_tokens`` tokens: the compiled kernels are tuned for the
+        sizes of their first call, so a worker warms up with batches of realistic size.
+        """
+        rng = np.random.default_rng(0)
+        residues = list("ACDEFGHIKLMNPQRSTVWY")
+        n = max(2, max_tokens // 168)
+        same = ["".join(rng.choice(residues, size=166)) for _ in range(n)]
+        mixed = same[: n - n // 4] + ["".join(rng.choice(residues, size=150)) for _ in range(n // 4)]
+        for proteins in (same, mixed):
+            self.embed(proteins)
 
 
 def load_dnabert_embedder(
-    path: Path, device: torch.device, precision: Precision = Precision.FP32
+    path: Path,
+    device: torch.device,
+    precision: Precision = Precision.FP32,
+    *,
+    compile: bool | None = None,
 ) -> DnabertEmbedder:
-    """Load DNABERT-S from its directory onto ``device`` at ``precision``."""
+    """Load DNABERT-S from its directory onto ``device`` at ``precision``.
+
+    ``compile``: None = compile on CUDA in bf16/fp16 (see :func:`fast_path.compile_default`).
+    """
     model, tokenizer = load_dnabert(Path(path), torch.device(device), torch_dtype(precision))
-    return DnabertEmbedder(model, tokenizer)
+    return DnabertEmbedder(model, tokenizer, compile=compile)
 
 
 def load_esm2_embedder(
-    path: Path, device: torch.device, precision: Precision = Precision.FP32
+    path: Path,
+    device: torch.device,
+    precision: Precision = Precision.FP32,
+    *,
+    compile: bool | None = None,
 ) -> Esm2Embedder:
     """Load ESM-2 from a fair-esm checkpoint file onto ``device`` at ``precision``."""
-    return Esm2Embedder(load_esm2(Path(path), torch.device(device), torch_dtype(precision)))
+    model = load_esm2(Path(path), torch.device(device), torch_dtype(precision))
+    return Esm2Embedder(model, compile=compile)

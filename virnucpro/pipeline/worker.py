@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 _CPU_TOKEN_BUDGET = 4096
 _MIN_TOKEN_BUDGET = 256
 _MAX_GPU_TOKEN_BUDGET = 131072
+_UNIFORM_FRACTION = 0.25
+"""A run of equal-length sequences filling this share of a batch is closed off as its own batch:
+it then needs no attention mask (SDPA's flash kernel)."""
+_WARMUP_TOKENS = 65536
+_MAX_PADDING = 0.05
+"""A batch is closed before it would become more than 5% padding (DNABERT-S lengths spread)."""
 
 
 @dataclass(slots=True)
@@ -94,26 +100,58 @@ class _Worker:
         self.embedders: dict[FeatureStage, Any] = {}
         self.budgets: dict[FeatureStage, int] = {}
         self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
+        self.load_seconds: dict[str, float] = {}
+        self.compile_seconds: dict[str, float] = {}
         if spec.on_gpu:
             torch.cuda.set_device(self.device)
 
     # -- models -------------------------------------------------------------------------------
     def load(self, stage: FeatureStage) -> Any:
+        """Load ``stage``'s model once per process; on a GPU also compile it (once) right away.
+
+        Compilation (``torch.compile`` of one layer, reused by every layer, dynamic batch and
+        length) is triggered here by a warm-up batch, so it is paid at load time, once per
+        worker, and never inside a stage; later shards, stages and samples reuse it.
+        """
         if stage in self.embedders:
             return self.embedders[stage]
         from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
 
         started = time.perf_counter()
+        compile_flag = True if self.spec.compile_models else None  # None: default per dtype
         if stage is FeatureStage.DNABERT:
-            embedder = load_dnabert_embedder(self.spec.dnabert_path, self.device, self.precision)
+            embedder = load_dnabert_embedder(
+                self.spec.dnabert_path, self.device, self.precision, compile=compile_flag
+            )
         else:
-            embedder = load_esm2_embedder(self.spec.esm_path, self.device, self.precision)
+            embedder = load_esm2_embedder(
+                self.spec.esm_path, self.device, self.precision, compile=compile_flag
+            )
+        loaded = time.perf_counter()
+        runner = getattr(embedder, "runner", None)
+        if runner is not None and runner.layer.enabled:
+            embedder.warmup(self._warmup_tokens(embedder))
+            if self.spec.on_gpu:
+                self.torch.cuda.synchronize(self.device)
         self.embedders[stage] = embedder
         self.model_loads[stage.value] += 1
+        self.load_seconds[stage.value] = loaded - started
+        self.compile_seconds[stage.value] = time.perf_counter() - loaded
         logger.info(
-            "%s: loaded %s in %.1f s", self.name, stage.label, time.perf_counter() - started
+            "%s: loaded %s in %.1f s (+%.1f s warm-up/compile)", self.name, stage.label,
+            loaded - started, time.perf_counter() - loaded,
         )
         return embedder
+
+    def _warmup_tokens(self, embedder: Any) -> int:
+        """Warm-up batch size: realistic (kernels are tuned on it), at most 64k tokens."""
+        if self.spec.toks_per_batch:
+            return min(self.spec.toks_per_batch, _WARMUP_TOKENS)
+        if not self.spec.on_gpu:
+            return 512
+        free, _total = self.torch.cuda.mem_get_info(self.device)
+        elem = 4 if self.precision.value == "fp32" else 2
+        return min(token_budget(free, embedder.dim, elem), _WARMUP_TOKENS)
 
     def release(self, stage: FeatureStage) -> None:
         self.embedders.pop(stage, None)
@@ -160,12 +198,23 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        lengths = embedder.token_lengths(seqs)
+        encoded = embedder.encode(seqs)  # tokenised once; lengths and batches come from it
+        lengths = [len(r) for r in encoded]
         budget = self.budget(task.stage, embedder)
         rows: list[Any] = [None] * len(seqs)
         oom_retries = 0
         padded = 0
-        pending = pack_batches(lengths, budget)
+        pending = pack_batches(
+            lengths, budget, uniform_fraction=_UNIFORM_FRACTION, max_padding=_MAX_PADDING
+        )
+        in_flight: list[tuple[list[int], Any]] = []  # at most one batch computing on the GPU
+
+        def collect() -> None:
+            batch, handle = in_flight.pop(0)
+            emb = handle.result()
+            for row, i in enumerate(batch):
+                rows[i] = emb[row]
+
         while pending:
             batch = pending.pop(0)
             size = padded_tokens(lengths, batch)
@@ -174,10 +223,12 @@ class _Worker:
                     raise torch.OutOfMemoryError(
                         f"injected OOM: batch of {size} tokens > {self.faults.oom_above_tokens}"
                     )
-                emb = embedder.embed([seqs[i] for i in batch])
+                handle = embedder.submit([encoded[i] for i in batch])
             except torch.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
+                while in_flight:
+                    collect()
                 oom_retries += 1
                 self._empty_cache()
                 half = len(batch) // 2
@@ -190,8 +241,11 @@ class _Worker:
                 )
                 continue
             padded += size
-            for row, i in enumerate(batch):
-                rows[i] = emb[row]
+            in_flight.append((batch, handle))
+            if len(in_flight) > 1:  # the next batch is queued: now wait for the previous one
+                collect()
+        while in_flight:
+            collect()
         matrix = torch.stack(rows).numpy() if rows else None
         if matrix is None:
             import numpy as np

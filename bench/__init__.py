@@ -1,0 +1,1 @@
+"""The VirNucPro benchmark (``python bench/run_bench.py --help``); not part of the package."""

@@ -1,0 +1,106 @@
+"""Timing and arithmetic of the benchmark: FLOP counts, worker-style embedding runs, rate rows."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["esm_flops", "dnabert_flops", "sync", "run_embedder", "rate_row", "cosine_rows"]
+
+
+def esm_flops(lengths: list[int], layers: int, dim: int) -> float:
+    """Useful FLOPs of ESM-2 over sequences of ``lengths`` tokens (padding not counted).
+
+    Linear layers: 2 · 12·D² per token per layer (q, k, v, out: 4·D²; FFN 4×: 8·D²); attention:
+    4·T·D per token per layer (QKᵀ and PV). Embedding, norms and element-wise work not counted.
+    """
+    tokens = sum(lengths)
+    squares = sum(t * t for t in lengths)
+    return layers * (2 * 12 * dim * dim * tokens + 4 * dim * squares)
+
+
+def dnabert_flops(lengths: list[int], layers: int, hidden: int, intermediate: int) -> float:
+    """Useful FLOPs of DNABERT-S: Wqkv 3H², dense H², GEGLU 2·I·H + I·H per token; attention 4·T·H."""
+    per_token = 3 * hidden * hidden + hidden * hidden + 3 * intermediate * hidden
+    tokens = sum(lengths)
+    squares = sum(t * t for t in lengths)
+    return layers * (2 * per_token * tokens + 4 * hidden * squares)
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
+                 uniform_fraction: float | None = 0.25,
+                 max_padding: float | None = 0.05) -> tuple[Any, dict[str, Any]]:
+    """Embed like a worker (shards of ``shard_frames`` in order, packed, one batch in flight)."""
+    import numpy as np
+
+    from virnucpro.pipeline.batching import is_uniform, pack_batches, padded_tokens
+
+    out = np.zeros((len(seqs), embedder.dim), dtype=np.float32)
+    lengths_all: list[int] = []
+    padded = batches = uniform = 0
+    device = embedder.device
+    sync(device)
+    started = time.perf_counter()
+    for lo in range(0, len(seqs), shard_frames):
+        shard = seqs[lo : lo + shard_frames]
+        rows = embedder.encode(shard)
+        lengths = [len(r) for r in rows]
+        lengths_all.extend(lengths)
+        in_flight: list[tuple[list[int], Any]] = []
+        for batch in pack_batches(lengths, budget, uniform_fraction=uniform_fraction,
+                                  max_padding=max_padding):
+            padded += padded_tokens(lengths, batch)
+            batches += 1
+            uniform += is_uniform(lengths, batch)
+            in_flight.append((batch, embedder.submit([rows[i] for i in batch])))
+            if len(in_flight) > 1:
+                done, handle = in_flight.pop(0)
+                out[[lo + i for i in done]] = handle.result().numpy()
+        for done, handle in in_flight:
+            out[[lo + i for i in done]] = handle.result().numpy()
+    sync(device)
+    seconds = time.perf_counter() - started
+    return out, {
+        "seconds": seconds,
+        "sequences": len(seqs),
+        "tokens": sum(lengths_all),
+        "padded_tokens": padded,
+        "batches": batches,
+        "uniform_batches": uniform,
+        "lengths": lengths_all,
+    }
+
+
+def rate_row(name: str, stats: dict[str, Any], flops: float | None, peak_tflops: float | None,
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    s = stats["seconds"]
+    row = {
+        "name": name,
+        "seconds": round(s, 3),
+        "sequences": stats["sequences"],
+        "tokens": stats["tokens"],
+        "padding_share": round(1 - stats["tokens"] / max(1, stats["padded_tokens"]), 4),
+        "batches": stats["batches"],
+        "uniform_batches": stats["uniform_batches"],
+        "tokens_per_s": stats["tokens"] / s if s else None,
+        "frames_per_s": stats["sequences"] / s if s else None,
+        "tflops": flops / s / 1e12 if flops and s else None,
+        "pct_peak": 100 * flops / s / 1e12 / peak_tflops if flops and s and peak_tflops else None,
+    }
+    row.update(extra or {})
+    return row
+
+
+def cosine_rows(a: Any, b: Any) -> Any:
+    import numpy as np
+
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -1,0 +1,186 @@
+"""Pipeline sections: model files in their real formats, 1 vs N GPUs, persistent vs standard workers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PipelineSections"]
+
+
+class PipelineSections:
+    """Sections of :class:`bench.run_bench.Bench` (a mixin: uses its plumbing and state)."""
+
+    def write_models(self) -> None:
+        import argparse as ap
+
+        import torch
+
+        from virnucpro.models.classifier import save_classifier
+        from virnucpro.models.demo import random_classifier, write_dnabert_dir
+
+        m = self.models
+        started = time.perf_counter()
+        mdir = self.work / "models"
+        mdir.mkdir(parents=True, exist_ok=True)
+        spec = m.esm_spec
+        state = {f"encoder.{k}": v.detach().to("cpu", torch.float16)
+                 for k, v in m.esm.state_dict().items()}
+        dim, vocab = spec.embed_dim, len(m.esm.alphabet)
+        state["encoder.lm_head.weight"] = state["encoder.embed_tokens.weight"]
+        state["encoder.lm_head.bias"] = torch.zeros(vocab, dtype=torch.float16)
+        state["encoder.lm_head.dense.weight"] = torch.zeros(dim, dim, dtype=torch.float16)
+        state["encoder.lm_head.dense.bias"] = torch.zeros(dim, dtype=torch.float16)
+        state["encoder.lm_head.layer_norm.weight"] = torch.ones(dim, dtype=torch.float16)
+        state["encoder.lm_head.layer_norm.bias"] = torch.zeros(dim, dtype=torch.float16)
+        cfg = ap.Namespace(encoder_layers=spec.num_layers, encoder_embed_dim=dim,
+                           encoder_attention_heads=spec.attention_heads, token_dropout=True)
+        path = mdir / "esm2_t36_3B_UR50D.pt"
+        torch.save({"model": state, "cfg": {"model": cfg}}, path)
+        torch.save({"model": {"contact_head.regression.weight": torch.zeros(1, spec.num_layers * spec.attention_heads),
+                              "contact_head.regression.bias": torch.zeros(1)}},
+                   mdir / "esm2_t36_3B_UR50D-contact-regression.pt")
+        del state
+        self.paths["esm_ckpt"] = path
+        self.paths["dnabert_dir"] = write_dnabert_dir(mdir / "dnabert_s", m.dnabert_config, self.args.seed)
+        clf = random_classifier(m.dnabert_config.hidden_size + spec.embed_dim, 512, self.args.seed)
+        self.paths["classifier"] = mdir / "500_model.safetensors"
+        save_classifier(clf, self.paths["classifier"])
+        seconds = time.perf_counter() - started
+        size = path.stat().st_size
+        self.result["model_files"] = {"esm_bytes": size, "write_s": round(seconds, 1)}
+        self.say(f"wrote models ({size / 1e9:.2f} GB ESM-2 checkpoint) in {seconds:.1f} s")
+
+    def release_in_process_models(self) -> None:
+        self.embedders.clear()
+        self.models.esm = self.models.dnabert = None
+        self.models.esm32 = None
+        self.free_gpu()
+
+    def _config(self, sample: Path, out: Path, gpus: tuple[int, ...], persistent: bool) -> Any:
+        from virnucpro.config import DeviceKind, ModelPaths, Precision, RunConfig
+
+        return RunConfig(
+            input_fasta=sample, output_dir=out, chunk_length=500,
+            models=ModelPaths(dnabert=self.paths["dnabert_dir"], esm=self.paths["esm_ckpt"],
+                              classifier=self.paths["classifier"]),
+            device=DeviceKind.CUDA if self.on_gpu else DeviceKind.CPU,
+            precision=Precision.BF16 if self.on_gpu else Precision.FP32,
+            gpus=gpus if self.on_gpu else None, persistent_models=persistent,
+            shard_frames=self.args.shard_frames, resume=False,
+        )
+
+    def _pipeline_row(self, name: str, result: Any, wall: float, pool_start: float | None,
+                      **extra: Any) -> dict[str, Any]:
+        dn, es = result.stages
+        frames = result.prepared.n_frames
+        t = result.timings
+        row = {
+            "name": name, "frames": frames, "chunks": result.prepared.n_chunks,
+            "wall_s": wall, "pool_start_s": pool_start,
+            "prepare_s": t.get("prepare"), "dnabert_s": t.get("dnabert"), "esm_s": t.get("esm"),
+            "classify_s": t.get("classify"), "report_s": t.get("report"),
+            "frames_per_s": frames / wall, "esm_stage_tokens_per_s": es.tokens_per_s,
+            "esm_stage_frames_per_s": es.frames_per_s, "dnabert_stage_frames_per_s": dn.frames_per_s,
+            "worker_peak_mib": {k: max(dn.worker_peak_mib.get(k, 0), v) for k, v in es.worker_peak_mib.items()},
+            "model_loads": es.model_loads,
+        }
+        row.update(extra)
+        return row
+
+    def pipeline(self) -> None:
+        from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
+
+        self.free_gpu()  # in-process models stay resident (later sections use them); caches go
+        sample = self.paths["sample"]
+        gpu_sets = [(0,)]
+        if self.on_gpu and len(self.args.gpu_list) > 1:
+            gpu_sets.append(tuple(self.args.gpu_list))
+        outs: dict[tuple[int, ...], Path] = {}
+        walls: dict[tuple[int, ...], dict[str, Any]] = {}
+        for gpus in gpu_sets:
+            if self.args.time_limit - self.elapsed() < 45:
+                self.row("pipeline", name=f"{len(gpus)} GPU(s) [skipped: time]")
+                continue
+            out = self.work / f"run_{len(gpus)}gpu"
+            config = self._config(sample, out, gpus, True)
+            t = time.perf_counter()
+            pool = open_pool(plan_run(config))
+            start_s = time.perf_counter() - t
+            load_s = [round(w.ready.load_seconds, 1) for w in pool.workers if w.ready is not None]
+            try:
+                t = time.perf_counter()
+                result = run_prediction(config, pool=pool)
+                wall = time.perf_counter() - t
+            finally:
+                pool.close()
+            row = self._pipeline_row(f"pipeline, {len(gpus)} GPU(s), persistent pool started before "
+                                     "(load+compile not in wall)", result, wall, start_s,
+                                     gpus=list(gpus), worker_load_compile_s=load_s)
+            esm_alone = self.result.get("esm500_frames_per_s")
+            if esm_alone and len(gpus) == 1:
+                row["pipeline_vs_esm_alone"] = row["frames_per_s"] / esm_alone
+                row["with_pool_start_vs_esm_alone"] = result.prepared.n_frames / (wall + start_s) / esm_alone
+            self.row("pipeline", **row)
+            outs[gpus] = out
+            walls[gpus] = row
+            self.say(f"pipeline {gpus}: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s, pool "
+                     f"start {start_s:.1f} s, ESM stage {row['esm_stage_tokens_per_s']:.0f} tokens/s)")
+        if len(outs) == 2:
+            one, two = (outs[g] for g in gpu_sets)
+            same = all((one / n).read_bytes() == (two / n).read_bytes() for n in
+                       ("prediction_results.txt", "prediction_results_highestscore.csv",
+                        "prediction_sequences.tsv"))
+            a, b = (walls[g] for g in gpu_sets)
+            self.row("scaling", name=f"{len(gpu_sets[1])} GPUs vs 1 GPU, same sample",
+                     outputs_equal=same, speedup_wall=a["wall_s"] / b["wall_s"],
+                     speedup_esm_stage=a["esm_s"] / b["esm_s"])
+            self.say(f"scaling: outputs equal {same}, wall speedup {a['wall_s'] / b['wall_s']:.2f}x, "
+                     f"ESM stage {a['esm_s'] / b['esm_s']:.2f}x")
+
+    def persistent_vs_standard(self) -> None:
+        from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
+
+        self.free_gpu()  # in-process models stay resident (later sections use them); caches go
+        samples = [self.paths[f"small{k}"] for k in range(self.args.n_samples)]
+        gpus = (0,)
+        # persistent: one pool for every sample
+        t0 = time.perf_counter()
+        first = self._config(samples[0], self.work / "pers_0", gpus, True)
+        pool = open_pool(plan_run(first))
+        start = time.perf_counter() - t0
+        walls = []
+        try:
+            for k, sample in enumerate(samples):
+                t = time.perf_counter()
+                run_prediction(self._config(sample, self.work / f"pers_{k}", gpus, True), pool=pool)
+                walls.append(time.perf_counter() - t)
+            loads = {w.name: dict(w.total_model_loads) for w in pool.workers}
+        finally:
+            pool.close()
+        total_p = time.perf_counter() - t0
+        self.row("persistent", name=f"persistent pool, {len(samples)} samples in a row",
+                 total_s=total_p, pool_start_s=start, per_sample_s=walls, model_loads=loads)
+        self.say(f"persistent: {total_p:.1f} s for {len(samples)} samples (start {start:.1f} s)")
+        # standard: a pool per stage per sample (the original's reload behaviour, minus per-file)
+        t0 = time.perf_counter()
+        walls_s, loads_s = [], {"dnabert": 0, "esm": 0}
+        for k, sample in enumerate(samples):
+            if self.args.time_limit - self.elapsed() < 40:
+                self.note(f"standard mode stopped after {k} samples (time)")
+                break
+            t = time.perf_counter()
+            res = run_prediction(self._config(sample, self.work / f"std_{k}", gpus, False))
+            walls_s.append(time.perf_counter() - t)
+            for st in res.stages:
+                for v in st.model_loads.values():
+                    for key in loads_s:
+                        loads_s[key] += v.get(key, 0)
+        total_s = time.perf_counter() - t0
+        self.row("persistent", name=f"standard (pool per stage), {len(walls_s)} samples in a row",
+                 total_s=total_s, per_sample_s=walls_s, model_loads=loads_s)
+        if walls_s:
+            self.row("persistent", name="persistent vs standard: wall per sample",
+                     speedup=(total_s / len(walls_s)) / (total_p / len(samples)))
+        self.say(f"standard: {total_s:.1f} s for {len(walls_s)} samples")

@@ -1,0 +1,370 @@
+"""GPU fast path for both encoders: the same functions as :mod:`~virnucpro.models.esm2` and
+:mod:`~virnucpro.models.dnabert`, restructured for throughput.
+
+What changes against the plain modules (which stay the CPU / fp32 reference):
+
+- one layer is one pure function of tensors (:func:`esm_layer`, :func:`dnabert_layer`); with
+  ``compile=True`` it goes through ``torch.compile`` ONCE per process and every layer reuses the
+  graph (weights are arguments, not module attributes, so 36 layers share one compilation).
+  Batch and length dimensions are marked dynamic, so new shapes do not recompile; at most two
+  graphs exist per model (with and without an attention mask). Inductor fuses layer norm + cast,
+  q scaling + rotary (both q and k) and GELU into a handful of kernels per layer.
+- ESM-2: q/k/v projections fused into one GEMM. The fused weight is one tensor and the module's
+  ``q_proj``/``k_proj``/``v_proj`` weights become views of it, so no memory is added and the
+  plain module still computes the same function. Rotary tables are built once (fp32, then the
+  compute dtype) for the longest sequence and sliced per batch.
+- No host synchronisation inside a forward: whether a batch needs an attention mask is decided on
+  the host from the sequence lengths (equal lengths: no mask, so SDPA can use its flash kernel).
+- DNABERT-S: in bf16/fp16 the attention runs in the compute dtype with the ALiBi + padding bias
+  in that dtype (the plain module keeps attention in fp32); in fp32 nothing changes.
+- Optional ``residual_dtype``: the ESM-2 residual stream in the compute dtype instead of fp32
+  (halves the bytes of every element-wise pass; agreement measured by the benchmark).
+
+A compiled call that fails for any reason but running out of memory logs a warning and falls
+back to the eager function, which computes the same thing, for calls of that signature (with or
+without a mask) from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from virnucpro.models.dnabert import DnabertS
+from virnucpro.models.esm2 import Esm2Encoder
+
+__all__ = [
+    "CompiledFunction",
+    "FastEsm2",
+    "FastDnabert",
+    "esm_layer",
+    "dnabert_layer",
+    "compile_default",
+    "use_flash_and_efficient_attention",
+    "COMPILE_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPILE_ENV = "VIRNUCPRO_COMPILE"
+"""``0`` turns ``torch.compile`` off everywhere; ``1`` turns it on (also for fp32)."""
+
+_MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+def use_flash_and_efficient_attention(device: torch.device) -> None:
+    """On CUDA, keep SDPA on its flash / memory-efficient kernels, never cuDNN attention.
+
+    cuDNN attention builds a plan for every new (batch, length) shape, which costs tens of
+    milliseconds per batch when batch shapes vary, as they do here (measured on an H200: the
+    DNABERT-S stage ran at a quarter of its kernel-time rate). Process-wide setting.
+    """
+    if torch.device(device).type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def compile_default(device: torch.device, dtype: torch.dtype) -> bool:
+    """Compile by default on CUDA in bf16/fp16; ``$VIRNUCPRO_COMPILE`` (0/1) overrides."""
+    forced = os.environ.get(COMPILE_ENV, "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    return torch.device(device).type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+
+
+class CompiledFunction:
+    """``torch.compile`` of a function, made once, with dynamic batch/length and an eager fallback.
+
+    ``dynamic_dims`` maps a positional argument index to the dimensions marked dynamic
+    (``maybe_mark_dynamic``). A call where one of those dimensions is 1 (a batch of one
+    sequence) runs eagerly instead of compiling a specialised graph for it.
+    """
+
+    _cache: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        enabled: bool,
+        backend: str = "inductor",
+        dynamic_dims: dict[int, Sequence[int]] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.enabled = enabled
+        self.backend = backend
+        self.dynamic_dims = dict(dynamic_dims or {})
+        self.failed: str | None = None  # the last compile error, if any
+        self._failed: set[tuple[bool, ...]] = set()  # call signatures that run eagerly
+        self.calls = 0
+        self.eager_calls = 0
+
+    def _compiled(self) -> Callable[..., Any]:
+        key = (self.fn, self.backend)
+        if key not in self._cache:
+            self._cache[key] = torch.compile(self.fn, backend=self.backend, dynamic=None)
+        return self._cache[key]
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        signature = tuple(a is None for a in args)  # e.g. with / without an attention mask
+        if not self.enabled or signature in self._failed:
+            return self.fn(*args)
+        marks = []
+        for index, dims in self.dynamic_dims.items():
+            tensor = args[index]
+            if isinstance(tensor, torch.Tensor):
+                if any(tensor.shape[d] == 1 for d in dims):
+                    self.eager_calls += 1  # a size-1 dimension would specialise: one more graph
+                    return self.fn(*args)
+                marks.extend((tensor, d) for d in dims)
+        for tensor, dim in marks:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        try:
+            return self._compiled()(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # compiler missing or broken: the eager path is the same function
+            self._failed.add(signature)
+            self.failed = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "torch.compile of %s failed (%s); using the eager version for these calls",
+                self.fn.__name__, self.failed.splitlines()[0][:300],
+            )
+            return self.fn(*args)
+
+
+# -- ESM-2 -------------------------------------------------------------------------------------
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def esm_layer(
+    x: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    ln1_w: torch.Tensor,
+    ln1_b: torch.Tensor,
+    wqkv: torch.Tensor,
+    bqkv: torch.Tensor,
+    wo: torch.Tensor,
+    bo: torch.Tensor,
+    ln2_w: torch.Tensor,
+    ln2_b: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    heads: int,
+    scaling: float,
+    eps: float,
+) -> torch.Tensor:
+    """One ESM-2 layer (pre-LN, rotary q/k, SDPA, GELU FFN) on ``x [B, T, D]``.
+
+    Same operations and dtypes as ``esm2._Layer`` with a fused q/k/v projection: layer norms in
+    fp32, matmuls/rotary/attention in the weights' dtype, residual sums in ``x``'s dtype.
+    """
+    batch, length, dim = x.shape
+    head_dim = dim // heads
+    compute = wqkv.dtype
+    h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, eps).to(compute)
+    qkv = F.linear(h, wqkv, bqkv).view(batch, length, 3, heads, head_dim)
+    q, k, v = qkv.unbind(2)
+    q = q * scaling
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    context = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask, scale=1.0
+    )
+    attn = F.linear(context.transpose(1, 2).reshape(batch, length, dim), wo, bo)
+    x = (x + attn).to(x.dtype)
+    h = F.layer_norm(x.float(), (dim,), ln2_w, ln2_b, eps).to(compute)
+    h = F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
+    return (x + h).to(x.dtype)
+
+
+class FastEsm2:
+    """ESM-2 forward for throughput: ``forward(tokens, uniform)`` -> ``[B, T, D]`` fp32.
+
+    Built from a loaded :class:`Esm2Encoder` (shares its weights). ``uniform=True`` promises
+    that no row of ``tokens`` is padded (the caller knows the lengths), so no mask is built.
+    """
+
+    def __init__(
+        self,
+        encoder: Esm2Encoder,
+        *,
+        compile: bool = False,
+        backend: str = "inductor",
+        residual_dtype: torch.dtype = torch.float32,
+        max_length: int = 1026,
+    ) -> None:
+        self.encoder = encoder
+        self.spec = encoder.spec
+        self.alphabet = encoder.alphabet
+        self.residual_dtype = residual_dtype
+        first = encoder.layers[0]
+        self.device = first.fc1.weight.device
+        self.dtype = first.fc1.weight.dtype
+        self.heads = first.self_attn.heads
+        self.scaling = float(first.self_attn.scaling)
+        self.eps = float(first.self_attn_layer_norm.eps)
+        self.layer_args: list[tuple[torch.Tensor, ...]] = [self._fuse(layer) for layer in encoder.layers]
+        self._cos, self._sin = first.self_attn.rot_emb.tables(max_length, self.device, self.dtype)
+        self.max_length = max_length
+        use_flash_and_efficient_attention(self.device)
+        self.layer = CompiledFunction(
+            esm_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 3), 2: (0,), 3: (0,)}
+        )
+
+    @staticmethod
+    def _fuse(layer: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        """Concatenate q/k/v into one weight and bias; the module's own become views of them.
+
+        Done once per layer: a second fast runner over the same encoder reuses the fused tensors.
+        """
+        attn = layer.self_attn
+        fused = getattr(attn, "_fused_qkv", None)
+        if fused is None or attn.q_proj.weight.data_ptr() != fused[0].data_ptr():
+            with torch.no_grad():
+                weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+                bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            dim = attn.q_proj.weight.shape[0]
+            for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
+                proj.weight = torch.nn.Parameter(weight[i * dim : (i + 1) * dim], requires_grad=False)
+                proj.bias = torch.nn.Parameter(bias[i * dim : (i + 1) * dim], requires_grad=False)
+            fused = (weight, bias)
+            object.__setattr__(attn, "_fused_qkv", fused)
+        weight, bias = fused
+        return (
+            layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias,
+            weight, bias, attn.out_proj.weight, attn.out_proj.bias,
+            layer.final_layer_norm.weight, layer.final_layer_norm.bias,
+            layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias,
+        )  # fmt: skip
+
+    def _tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if length > self._cos.shape[0]:
+            rot = self.encoder.layers[0].self_attn.rot_emb
+            self._cos, self._sin = rot.tables(length, self.device, self.dtype)
+        return self._cos[:length], self._sin[:length]
+
+    def embed_input(self, tokens: torch.Tensor, uniform: bool) -> torch.Tensor:
+        """Token embedding with fair-esm's token-dropout rescaling; padded rows zeroed."""
+        enc, alphabet = self.encoder, self.alphabet
+        x = enc.embed_tokens(tokens).float()
+        padding = None if uniform else tokens.eq(alphabet.padding_idx)
+        if self.spec.token_dropout:
+            masked = tokens.eq(alphabet.mask_idx)
+            x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+            real = tokens.shape[1] if padding is None else (~padding).sum(-1)
+            observed = masked.sum(-1).to(x.dtype) / real
+            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
+        if padding is not None:
+            x = x * (1 - padding.unsqueeze(-1).type_as(x))
+        return x
+
+    def __call__(self, tokens: torch.Tensor, uniform: bool) -> torch.Tensor:
+        return self.forward(tokens, uniform)
+
+    def forward(self, tokens: torch.Tensor, uniform: bool) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.embed_input(tokens, uniform).to(self.residual_dtype)
+            key_mask = None if uniform else tokens.ne(self.alphabet.padding_idx)[:, None, None, :]
+            cos, sin = self._tables(tokens.shape[1])
+            for args in self.layer_args:
+                x = self.layer(x, key_mask, cos, sin, *args, self.heads, self.scaling, self.eps)
+            return self.encoder.emb_layer_norm_after(x.float())
+
+
+# -- DNABERT-S ---------------------------------------------------------------------------------
+def dnabert_layer(
+    x: torch.Tensor,
+    bias: torch.Tensor,
+    wqkv: torch.Tensor,
+    bqkv: torch.Tensor,
+    wd: torch.Tensor,
+    bd: torch.Tensor,
+    ln1_w: torch.Tensor,
+    ln1_b: torch.Tensor,
+    wg: torch.Tensor,
+    wo: torch.Tensor,
+    bo: torch.Tensor,
+    ln2_w: torch.Tensor,
+    ln2_b: torch.Tensor,
+    heads: int,
+    eps: float,
+) -> torch.Tensor:
+    """One DNABERT-S layer (post-LN, ALiBi attention via ``bias``, GEGLU) on ``x [B, T, H]``.
+
+    Attention runs in ``bias``'s dtype (fp32 = the plain module; bf16/fp16 = fast).
+    """
+    batch, length, hidden = x.shape
+    compute = wqkv.dtype
+    qkv = F.linear(x.to(compute), wqkv, bqkv).to(bias.dtype)
+    qkv = qkv.view(batch, length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    context = context.transpose(1, 2).reshape(batch, length, hidden).to(compute)
+    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
+    h = F.linear(x.to(compute), wg)
+    inter = h.shape[-1] // 2
+    h = F.gelu(h[..., :inter]) * h[..., inter:]
+    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
+
+
+class FastDnabert:
+    """DNABERT-S forward for throughput: ``forward(input_ids, lengths)`` -> ``[B, T, H]`` fp32.
+
+    ``attention_dtype`` defaults to the compute dtype (fp32 stays fp32). Padded rows are zeroed
+    as in :class:`DnabertS`.
+    """
+
+    def __init__(
+        self,
+        model: DnabertS,
+        *,
+        compile: bool = False,
+        backend: str = "inductor",
+        attention_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        first = model.encoder.layer[0]
+        self.dtype = first.attention.self.Wqkv.weight.dtype
+        self.device = first.attention.self.Wqkv.weight.device
+        self.attention_dtype = attention_dtype or self.dtype
+        self.heads = model.config.num_attention_heads
+        self.eps = float(model.config.layer_norm_eps)
+        self.layer_args = [
+            (
+                layer.attention.self.Wqkv.weight, layer.attention.self.Wqkv.bias,
+                layer.attention.output.dense.weight, layer.attention.output.dense.bias,
+                layer.attention.output.LayerNorm.weight, layer.attention.output.LayerNorm.bias,
+                layer.mlp.gated_layers.weight, layer.mlp.wo.weight, layer.mlp.wo.bias,
+                layer.mlp.layernorm.weight, layer.mlp.layernorm.bias,
+            )  # fmt: skip
+            for layer in model.encoder.layer
+        ]
+        use_flash_and_efficient_attention(self.device)
+        self.layer = CompiledFunction(
+            dnabert_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 2, 3)}
+        )
+
+    def __call__(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.forward(input_ids, keep)
+
+    def forward(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``keep [B, T]`` bool (True on real tokens)."""
+        with torch.no_grad():
+            bias = self.model.attention_bias(keep.to(torch.long)).to(self.attention_dtype)
+            x = self.model.embeddings(input_ids)
+            for args in self.layer_args:
+                x = self.layer(x, bias, *args, self.heads, self.eps)
+            return x.masked_fill(~keep[..., None], 0.0)

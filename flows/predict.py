@@ -42,6 +42,7 @@ from typing import Literal  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
 
+from virnucpro.pipeline.output_lock import output_lock  # noqa: E402
 from virnucpro.config import (  # noqa: E402
     CHUNK_LENGTHS,
     DEFAULT_CHUNK_LENGTH,
@@ -121,7 +122,15 @@ def build_config(
 
 
 def run_stages(config: RunConfig) -> PredictionResult:
-    """The stages as tasks, in order, with memory checkpoints between them; publishes artifacts."""
+    """The stages as tasks, in order, with memory checkpoints between them; publishes artifacts.
+
+    The output directory is locked for the whole run (one run per directory).
+    """
+    with output_lock(config.output_dir):
+        return _run_stages_locked(config)
+
+
+def _run_stages_locked(config: RunConfig) -> PredictionResult:
     started = time.time()
     checkpoints: list[MemoryCheckpoint] = [memory_checkpoint.submit("start").result()]
     try:

@@ -253,3 +253,15 @@ def test_crlf_input_gives_the_same_predictions(golden_tiny_dir: Path, demo_model
                      "--shard-frames", "8", *_model_args(demo_models))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "prediction_results.txt").read_bytes() == (baseline / "prediction_results.txt").read_bytes()
+
+
+def test_second_run_into_a_busy_output_dir_is_refused(sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.pipeline.output_lock import output_lock
+
+    with output_lock(tmp_path):  # another run holds the directory
+        result = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", *_model_args(demo_models))
+    assert result.exit_code == 5
+    assert "another VirNucPro run" in result.output and f"pid {__import__('os').getpid()}" in result.output
+    assert not (tmp_path / "prediction_results.txt").exists()
+    after = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", *_model_args(demo_models))
+    assert after.exit_code == 0, after.output  # released when the holder is done

@@ -111,6 +111,11 @@ class OutputPaths:
             self.report,
         )
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the run writing this directory; outside the work dir, which is rebuilt."""
+        return self.output_dir / ".virnucpro.lock"
+
     # Intermediates ---------------------------------------------------------------------------
     @property
     def work_dir(self) -> Path:

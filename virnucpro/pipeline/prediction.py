@@ -19,6 +19,7 @@ from virnucpro.pipeline.devices import WorkerDevice, plan_devices
 from virnucpro.pipeline.html_report import render_report
 from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.pipeline.messages import WorkerSpec
+from virnucpro.pipeline.output_lock import output_lock
 from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
 from virnucpro.pipeline.precision import effective_precision
 from virnucpro.pipeline.run_info import ModelChecksums, build_run_info, write_run_info
@@ -176,6 +177,16 @@ def run_prediction(
     loaded in each worker across the two feature stages; ``pool`` lends an already running
     persistent pool (kept open afterwards) so several samples share loaded models.
     """
+    with output_lock(config.output_dir):
+        return _run_locked(config, persistent_models, pool, on_progress)
+
+
+def _run_locked(
+    config: RunConfig,
+    persistent_models: bool | None,
+    pool: PersistentWorkerPool | None,
+    on_progress: Callable[[Progress], None] | None,
+) -> PredictionResult:
     started = time.perf_counter()
     plan = plan_run(config, persistent_models)
     checksums = ModelChecksums.start(plan.models)  # hashes the large files while the run goes on

@@ -21,17 +21,15 @@ hiding in a Completed run; fix or remove the sample and run the night again.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "virnucpro")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 _CHECKOUT = Path(__file__).resolve().parents[1]
 if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
+
+# flows.predict sets the offline Prefect defaults before prefect is imported: import it first.
+from flows.predict import DeviceName, PrecisionName, build_config, predict_flow  # noqa: E402
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
@@ -43,7 +41,6 @@ from prefect.client.schemas.objects import FlowRun  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from flows.predict import DeviceName, PrecisionName, build_config, predict_flow  # noqa: E402
 from virnucpro.config import DEFAULT_CHUNK_LENGTH  # noqa: E402
 from virnucpro.errors import ConfigError  # noqa: E402
 from virnucpro.orchestration.artifacts import publish_nightly_summary  # noqa: E402

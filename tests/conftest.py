@@ -13,13 +13,30 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # --- models -------------------------------------------------------------------------------
 
 
+def _find_shared() -> Path | None:
+    """``$VIRNUCPRO_SHARED_DIR``, else a ``shared/`` in or beside the repository (or above it).
+
+    CI clones the repo with ``shared/`` beside it; on the device machine a copy travels inside it.
+    """
+    configured = os.environ.get("VIRNUCPRO_SHARED_DIR")
+    if configured:
+        return Path(configured) if (Path(configured) / "golden").is_dir() else None
+    for folder in (REPO_ROOT, *REPO_ROOT.parents):
+        if (folder / "shared" / "golden").is_dir():
+            return folder / "shared"
+    return None
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """``$VIRNUCPRO_SHARED_DIR`` or ``<repo>/../shared``; skips the test when it is absent."""
-    path = Path(os.environ.get("VIRNUCPRO_SHARED_DIR", REPO_ROOT.parent / "shared"))
-    if not path.is_dir():
-        pytest.skip(f"shared data directory {path} is absent (set VIRNUCPRO_SHARED_DIR)")
-    return path
+    """The project's ``shared/`` folder (golden files, real data); skips the test when absent."""
+    found = _find_shared()
+    if found is None:
+        pytest.skip(
+            "shared/ with golden files not found: set VIRNUCPRO_SHARED_DIR or place shared/ "
+            f"beside the repository ({REPO_ROOT.parent / 'shared'})"
+        )
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,28 +21,9 @@ from virnucpro.domain.tables import (
     write_prediction_results,
 )
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _find_shared() -> Path | None:
-    configured = os.environ.get("VIRNUCPRO_SHARED_DIR")
-    if configured:
-        return Path(configured) if (Path(configured) / "golden").is_dir() else None
-    for folder in (_REPO_ROOT, *_REPO_ROOT.parents):
-        if (folder / "shared" / "golden").is_dir():
-            return folder / "shared"
-    return None
-
-
 @pytest.fixture(scope="module")
-def golden_dir() -> Path:
-    found = _find_shared()
-    if found is None:
-        pytest.skip(
-            "shared/ with golden files not found: set VIRNUCPRO_SHARED_DIR or place shared/ "
-            f"beside the repository ({_REPO_ROOT.parent / 'shared'})"
-        )
-    return found / "golden"
+def golden_dir(shared_dir: Path) -> Path:
+    return shared_dir / "golden"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ when a stage raised.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -200,10 +201,8 @@ class PersistentWorkerPool:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         for slot in self._slots:
-            try:
+            with contextlib.suppress(OSError, ValueError):  # a dead worker's pipe is already gone
                 slot.task_conn.send(None)
-            except (OSError, ValueError):
-                pass
         deadline = time.monotonic() + 20
         for slot in self._slots:
             slot.process.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -213,11 +212,7 @@ class PersistentWorkerPool:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(timeout=5)
-            for conn in (slot.task_conn, slot.result_conn):
-                try:
-                    conn.close()
-                except OSError:
-                    pass
+            _close_conns(slot)
         with self._lock:
             jobs = list(self._pending) + [s.job for s in self._slots if s.job is not None]
             self._pending.clear()
@@ -315,11 +310,9 @@ class PersistentWorkerPool:
         for slot in list(self._slots):
             if not slot.process.is_alive():
                 # drain what the worker sent before dying
-                try:
+                with contextlib.suppress(EOFError, OSError):  # a message cut by the death is lost
                     while slot.result_conn.poll():
                         self._handle(slot, slot.result_conn.recv(), starting)
-                except (EOFError, OSError):
-                    pass
                 if not slot.process.is_alive() and not self._closed:
                     self._replace(slot, starting)
 
@@ -384,11 +377,7 @@ class PersistentWorkerPool:
         with self._lock:
             job, slot.job = slot.job, None
             index = self._slots.index(slot)
-        for conn in (slot.task_conn, slot.result_conn):
-            try:
-                conn.close()
-            except OSError:
-                pass
+        _close_conns(slot)
         info.restarts += 1
         if info.restarts > self.max_attempts * max(1, len(self._infos)) + 3:
             raise WorkerError(f"worker {info.name} keeps dying (exit code {code}); giving up")
@@ -418,6 +407,13 @@ class _ConnQueue:
 
     def put(self, item: Any) -> None:
         self.conn.send(item)
+
+
+def _close_conns(slot: _Slot) -> None:
+    """Close a slot's two pipe ends; one already closed by a dying worker is fine."""
+    for conn in (slot.task_conn, slot.result_conn):
+        with contextlib.suppress(OSError):
+            conn.close()
 
 
 def _fatal_error(message: WorkerFatal) -> Exception:

@@ -225,8 +225,8 @@ class BatchQueueManager:
                     for other in remaining:  # let running shards finish before the pool is reused
                         try:
                             other.result(timeout=600)
-                        except BaseException:
-                            pass
+                        except Exception as exc:  # cancelled, or failed too: the first error wins
+                            logger.debug("%s: shard abandoned after a failure: %r", stage.label, exc)
                     raise
             now = time.perf_counter()
             if now - last_report >= self.progress_interval or not remaining:

@@ -98,11 +98,12 @@ def sample_frames(input_fasta: Path, chunk_length: int, max_frames: int) -> list
 def embed_all(embedder, sequences: Sequence[str], token_budget: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Embeddings ``[N, dim]`` fp32 in input order, with the workers' batching."""
     from virnucpro.pipeline.batching import pack_batches
+    from virnucpro.pipeline.worker import packing_options
 
     rows = embedder.encode(list(sequences))
     out = np.zeros((len(rows), embedder.dim), dtype=np.float32)
     lengths = [len(r) for r in rows]
-    batches = pack_batches(lengths, token_budget, uniform_fraction=0.25, max_padding=0.05)
+    batches = pack_batches(lengths, token_budget, **packing_options(embedder))
     pending = []
     for batch in batches:
         pending.append((batch, embedder.submit([rows[i] for i in batch])))

@@ -24,7 +24,8 @@ lengths); on the CPU they run the plain modules, which are the fp32 reference.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from virnucpro.models.dnabert import DnabertS, load_dnabert
 from virnucpro.models.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.esm2 import Esm2Encoder, load_esm2
 from virnucpro.models.fast_path import FastDnabert, FastEsm2, compile_default
+from virnucpro.models.packing import PackedBatch, pack_rows
 from virnucpro.models.precision import torch_dtype
 
 __all__ = [
@@ -43,10 +45,15 @@ __all__ = [
     "PendingEmbedding",
     "load_dnabert_embedder",
     "load_esm2_embedder",
+    "esm_fast_options",
     "ESM_MAX_RESIDUES",
 ]
 
 ESM_MAX_RESIDUES = 1024
+PACKED_CHECK_MIN_COSINE = 0.999
+"""The packed path must agree with the plain module this well (per-sequence cosine, same dtype)."""
+
+logger = logging.getLogger(__name__)
 
 
 class PendingEmbedding:
@@ -108,6 +115,67 @@ def _use_fast(device: torch.device, fast: bool | None) -> bool:
     return device.type == "cuda" if fast is None else fast
 
 
+def _use_packed(runner: FastEsm2 | None, packed: bool | None) -> bool:
+    """Packed by default where flash's variable-length kernel runs: CUDA, bf16/fp16, head
+    size a multiple of 8 (ESM-2 3B: 64)."""
+    if runner is None:
+        return False
+    if packed is None:
+        head_dim = runner.spec.embed_dim // runner.heads
+        return (
+            runner.device.type == "cuda"
+            and runner.dtype in (torch.bfloat16, torch.float16)
+            and head_dim % 8 == 0
+            and head_dim <= 256
+        )
+    return packed
+
+
+class _PackedMode:
+    """Whether an embedder runs packed batches, with the fallback and the load-time self-check.
+
+    A packed call that fails for any reason but running out of memory, or a self-check that
+    disagrees with the plain module, switches the embedder to padded batches for good and says
+    why (``failed``); the padded path computes the same function.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.failed: str | None = None
+        self.check_cosine: float | None = None
+
+    def run(self, rows: Sequence[Sequence[int]], device: torch.device,
+            embed: Callable[[PackedBatch], torch.Tensor]) -> torch.Tensor | None:
+        """The pooled embeddings, or None once packed mode is off (the caller pads instead)."""
+        if not self.enabled:
+            return None
+        try:
+            return embed(pack_rows(rows, device))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            self.disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            return None
+
+    def disable(self, why: str) -> None:
+        self.enabled = False
+        self.failed = why
+        logger.warning("packed batches turned off (%s); using padded batches", why)
+
+    def check(self, packed: torch.Tensor, reference: torch.Tensor) -> None:
+        """Compare packed embeddings with the plain module's; turn packing off if they disagree."""
+        cosine = _min_cosine(packed, reference)
+        self.check_cosine = cosine
+        if cosine < PACKED_CHECK_MIN_COSINE:
+            self.disable(f"self-check cosine {cosine:.6f} < {PACKED_CHECK_MIN_COSINE}")
+
+
+def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Smallest per-row cosine similarity of two ``[N, D]`` matrices (fp64)."""
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    return float(torch.nn.functional.cosine_similarity(a64, b64, dim=1).min())
+
+
 class DnabertEmbedder:
     """DNABERT-S features: ``embed(dna) -> [N, dim]`` float32 on the CPU."""
 
@@ -130,6 +198,11 @@ class DnabertEmbedder:
             if compile is None:
                 compile = compile_default(self.device, self.dtype)
             self.runner = FastDnabert(model, compile=compile, attention_dtype=attention_dtype)
+
+    packed = False
+    """DNABERT-S batches are padded: its ALiBi bias needs flash's ``alibi_slopes``, which torch's
+    flash build does not support (measured on torch 2.11: "This flash attention build does not
+    support alibi")."""
 
     @property
     def dim(self) -> int:
@@ -184,6 +257,8 @@ class Esm2Embedder:
         fast: bool | None = None,
         compile: bool | None = None,
         residual_dtype: torch.dtype = torch.float32,
+        packed: bool | None = None,
+        fused_gelu: bool = False,
     ) -> None:
         self.model = model
         self.alphabet = model.alphabet
@@ -196,8 +271,15 @@ class Esm2Embedder:
             if compile is None:
                 compile = compile_default(self.device, self.dtype)
             self.runner = FastEsm2(
-                model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2
-            )
+                model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2,
+                fused_gelu=fused_gelu,
+            )  # fmt: skip
+        self.packing = _PackedMode(_use_packed(self.runner, packed))
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (no padding; see :mod:`virnucpro.models.packing`)."""
+        return self.packing.enabled
 
     @property
     def dim(self) -> int:
@@ -218,6 +300,13 @@ class Esm2Embedder:
         """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
         if not rows:
             return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
+        if self.runner is not None:
+            mean = self.packing.run(rows, self.device, self.runner.embed_packed)
+            if mean is not None:
+                return _finish(mean)
+        return _finish(self._padded(rows, self.runner))
+
+    def _padded(self, rows: Sequence[Sequence[int]], runner: FastEsm2 | None) -> torch.Tensor:
         lengths = [len(r) for r in rows]
         uniform = min(lengths) == max(lengths)
         tokens = _pad(rows, self.alphabet.padding_idx, self.device)
@@ -227,12 +316,12 @@ class Esm2Embedder:
         else:
             residues = _to_device([n - 2 for n in lengths], self.device)
             keep = (position >= 1) & (position <= residues[:, None])
-        with _grad_off(self.runner):
-            if self.runner is not None:
-                hidden = self.runner(tokens, uniform)
+        with _grad_off(runner):
+            if runner is not None:
+                hidden = runner(tokens, uniform)
             else:
                 hidden = self.model(tokens)
-            return _finish(_masked_mean(hidden, keep))
+            return _masked_mean(hidden, keep)
 
     def embed(self, proteins: list[str]) -> torch.Tensor:
         """Mean of the last-layer representation over residues 1..min(1024, p)."""
@@ -253,6 +342,13 @@ class Esm2Embedder:
         mixed = same[: n - n // 4] + ["".join(rng.choice(residues, size=150)) for _ in range(n // 4)]
         for proteins in (same, mixed):
             self.embed(proteins)
+        self.check_packed(mixed[-3:] + same[:2] + [same[2 % n][:40]])
+
+    def check_packed(self, proteins: list[str]) -> None:
+        """Packed path against the plain module on ``proteins``; packing off if they disagree."""
+        if self.packed:
+            rows = self.encode(proteins)
+            self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
 
 
 def load_dnabert_embedder(
@@ -277,6 +373,27 @@ def load_esm2_embedder(
     *,
     compile: bool | None = None,
 ) -> Esm2Embedder:
-    """Load ESM-2 from a fair-esm checkpoint file onto ``device`` at ``precision``."""
-    model = load_esm2(Path(path), torch.device(device), torch_dtype(precision))
-    return Esm2Embedder(model, compile=compile)
+    """Load ESM-2 from a fair-esm checkpoint file onto ``device`` at ``precision``.
+
+    On CUDA the fast path's options follow the precision (:func:`esm_fast_options`).
+    """
+    device = torch.device(device)
+    model = load_esm2(Path(path), device, torch_dtype(precision))
+    options = esm_fast_options(precision) if device.type == "cuda" else {}
+    return Esm2Embedder(model, compile=compile, **options)
+
+
+def esm_fast_options(precision: Precision) -> dict[str, object]:
+    """The ESM-2 fast path's settings for a precision (measured in ``docs/benchmarks.md``).
+
+    - fp32 (the GPU default): the exact function — fp32 residual stream, erf GELU.
+    - bf16: residual stream in bf16 (the layer norms still compute in fp32) and fc1's bias +
+      GELU fused into the GEMM (cuBLASLt epilogue, tanh GELU): ~7% faster, agreement with fp32
+      reported per option by the benchmark and by ``virnucpro validate-precision``.
+    - fp16: the fused GELU only (an fp16 residual stream could overflow).
+    """
+    if precision is Precision.BF16:
+        return {"residual_dtype": torch.bfloat16, "fused_gelu": True}
+    if precision is Precision.FP16:
+        return {"fused_gelu": True}
+    return {}

@@ -35,8 +35,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from virnucpro.models.add_norm import add_layer_norm
 from virnucpro.models.dnabert import DnabertS
 from virnucpro.models.esm2 import Esm2Encoder
+from virnucpro.models.packing import PackedBatch, pool_packed, varlen_attention
 
 __all__ = [
     "CompiledFunction",
@@ -44,6 +46,13 @@ __all__ = [
     "FastDnabert",
     "esm_layer",
     "dnabert_layer",
+    "dnabert_layer_tail",
+    "esm_attention_inputs",
+    "esm_attention_output",
+    "esm_ffn_up",
+    "esm_ffn_up_fused",
+    "esm_ffn_down",
+    "esm_rotary_qk",
     "compile_default",
     "use_flash_and_efficient_attention",
     "COMPILE_ENV",
@@ -144,6 +153,78 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+def esm_rotary_qk(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` scaled then rotary on ``q`` and ``k``, from fused ``qkv [..., 3, heads, hd]``."""
+    q, k = qkv.select(-3, 0), qkv.select(-3, 1)
+    return _rotary(q * scaling, cos, sin), _rotary(k, cos, sin)
+
+
+def esm_attention_inputs(
+    x: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    wqkv: torch.Tensor,
+    bqkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+    scaling: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer norm (fp32) → fused q/k/v → q scaled, rotary on q and k; ``x [..., D]``.
+
+    Returns ``q, k, v`` as ``[..., heads, head_dim]`` in the weights' dtype; ``cos``/``sin``
+    broadcast over them (``[T, 1, hd]`` for ``[B, T, ...]``, ``[N, 1, hd]`` for packed rows).
+    """
+    dim = x.shape[-1]
+    h = F.layer_norm(x.float(), (dim,), ln_w, ln_b, eps).to(wqkv.dtype)
+    qkv = F.linear(h, wqkv, bqkv).view(*x.shape[:-1], 3, heads, dim // heads)
+    q, k = esm_rotary_qk(qkv, cos, sin, scaling)
+    return q, k, qkv.select(-3, 2)
+
+
+def esm_attention_output(
+    x: torch.Tensor,
+    context: torch.Tensor,
+    wo: torch.Tensor,
+    bo: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual ``x + out_proj(context)`` (in ``x``'s dtype) and its layer norm (fp32 → compute)."""
+    dim = x.shape[-1]
+    x = (x + F.linear(context, wo, bo)).to(x.dtype)
+    return x, F.layer_norm(x.float(), (dim,), ln_w, ln_b, eps).to(wo.dtype)
+
+
+def esm_ffn_up(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    """``gelu(fc1(h))`` with the exact (erf) GELU, as fair-esm."""
+    return F.gelu(F.linear(h, w1, b1))
+
+
+def esm_ffn_up_fused(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    """``gelu(fc1(h))`` in ONE cuBLASLt call (bias + GELU epilogue): the 4·D-wide activation is
+    written once instead of written, read and written again. cuBLASLt's GELU is the tanh
+    approximation (|Δ| < 5e-4 against erf, under bf16's own rounding of these values); offered
+    for bf16/fp16 only, with its agreement measured by the benchmark and ``validate-precision``.
+    """
+    flat = h.reshape(-1, h.shape[-1])
+    out = torch._addmm_activation(b1, flat, w1.t(), use_gelu=True)
+    return out.view(*h.shape[:-1], w1.shape[0])
+
+
+def esm_ffn_down(x: torch.Tensor, g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """Residual ``x + fc2(g)`` in ``x``'s dtype."""
+    return (x + F.linear(g, w2, b2)).to(x.dtype)
+
+
 def esm_layer(
     x: torch.Tensor,
     key_mask: torch.Tensor | None,
@@ -165,28 +246,18 @@ def esm_layer(
     scaling: float,
     eps: float,
 ) -> torch.Tensor:
-    """One ESM-2 layer (pre-LN, rotary q/k, SDPA, GELU FFN) on ``x [B, T, D]``.
+    """One ESM-2 layer (pre-LN, rotary q/k, SDPA, GELU FFN) on padded ``x [B, T, D]``.
 
     Same operations and dtypes as ``esm2._Layer`` with a fused q/k/v projection: layer norms in
     fp32, matmuls/rotary/attention in the weights' dtype, residual sums in ``x``'s dtype.
     """
     batch, length, dim = x.shape
-    head_dim = dim // heads
-    compute = wqkv.dtype
-    h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, eps).to(compute)
-    qkv = F.linear(h, wqkv, bqkv).view(batch, length, 3, heads, head_dim)
-    q, k, v = qkv.unbind(2)
-    q = q * scaling
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k, v = esm_attention_inputs(x, ln1_w, ln1_b, wqkv, bqkv, cos, sin, heads, scaling, eps)
     context = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask, scale=1.0
     )
-    attn = F.linear(context.transpose(1, 2).reshape(batch, length, dim), wo, bo)
-    x = (x + attn).to(x.dtype)
-    h = F.layer_norm(x.float(), (dim,), ln2_w, ln2_b, eps).to(compute)
-    h = F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
-    return (x + h).to(x.dtype)
+    x, h = esm_attention_output(x, context.transpose(1, 2).reshape(batch, length, dim), wo, bo, ln2_w, ln2_b, eps)
+    return esm_ffn_down(x, esm_ffn_up(h, w1, b1), w2, b2)
 
 
 class FastEsm2:
@@ -204,6 +275,7 @@ class FastEsm2:
         backend: str = "inductor",
         residual_dtype: torch.dtype = torch.float32,
         max_length: int = 1026,
+        fused_gelu: bool = False,
     ) -> None:
         self.encoder = encoder
         self.spec = encoder.spec
@@ -222,6 +294,26 @@ class FastEsm2:
         self.layer = CompiledFunction(
             esm_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 3), 2: (0,), 3: (0,)}
         )
+        if fused_gelu and self.dtype == torch.float32:
+            raise ValueError("fused_gelu (tanh GELU in the GEMM epilogue) is for bf16/fp16 only")
+        self.fused_gelu = fused_gelu
+        # packed path (see forward_packed): GEMMs are cuBLAS calls, residual + norm one Triton
+        # pass; only the rotary step is compiled (one pointwise kernel, dynamic token count)
+        self.packed_rotary = CompiledFunction(
+            esm_rotary_qk, enabled=compile, backend=backend, dynamic_dims={0: (0,), 1: (0,), 2: (0,)}
+        )
+        self.packed_ffn_up = (
+            esm_ffn_up_fused if fused_gelu
+            else CompiledFunction(esm_ffn_up, enabled=compile, backend=backend, dynamic_dims={0: (0,)})
+        )  # fmt: skip
+
+    @property
+    def compiled_functions(self) -> list[CompiledFunction]:
+        """Every compiled function of this runner (for compile-failure reports)."""
+        found = [self.layer, self.packed_rotary]
+        if isinstance(self.packed_ffn_up, CompiledFunction):
+            found.append(self.packed_ffn_up)
+        return found
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> tuple[torch.Tensor, ...]:
@@ -282,8 +374,83 @@ class FastEsm2:
                 x = self.layer(x, key_mask, cos, sin, *args, self.heads, self.scaling, self.eps)
             return self.encoder.emb_layer_norm_after(x.float())
 
+    def embed_packed_input(self, batch: PackedBatch) -> torch.Tensor:
+        """:meth:`embed_input` for a packed batch ``[N, D]`` (no padding to zero)."""
+        enc, alphabet = self.encoder, self.alphabet
+        x = enc.embed_tokens(batch.tokens).float()
+        if self.spec.token_dropout:
+            masked = batch.tokens.eq(alphabet.mask_idx)
+            x = x.masked_fill(masked.unsqueeze(-1), 0.0)
+            per_seq = torch.zeros(batch.n_sequences, device=x.device, dtype=x.dtype)
+            per_seq.index_add_(0, batch.seq_index, masked.to(x.dtype))  # integer counts: exact
+            real = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(x.dtype)
+            observed = per_seq / real
+            x = x * ((1 - _MASK_RATIO_TRAIN) / (1 - observed))[batch.seq_index].unsqueeze(-1)
+        return x
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Last-layer representation ``[N, D]`` fp32 of a packed batch (see :mod:`.packing`).
+
+        Per layer: q/k/v GEMM, rotary (compiled), flash varlen attention, out-proj GEMM, residual
+        + norm (:func:`~virnucpro.models.add_norm.add_layer_norm`, one pass), fc1 (+GELU), fc2,
+        residual + the NEXT layer's norm (the final norm after the last layer).
+        """
+        with torch.no_grad():
+            x = self.embed_packed_input(batch).to(self.residual_dtype).contiguous()
+            cos, sin = self._tables(batch.max_length)
+            cos, sin = cos[batch.positions], sin[batch.positions]  # [N, 1, hd]
+            rows, dim = x.shape
+            final = self.encoder.emb_layer_norm_after
+            norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:]]
+            norms.append((final.weight, final.bias, float(final.eps)))
+            ln1_w, ln1_b = self.layer_args[0][:2]
+            h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, self.eps).to(self.dtype)
+            for args, (next_w, next_b, next_eps) in zip(self.layer_args, norms):
+                _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
+                qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
+                q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
+                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0)
+                x, h = add_layer_norm(x, F.linear(context.reshape(rows, dim), wo, bo),
+                                      ln2_w, ln2_b, self.eps, self.dtype)
+                g = self.packed_ffn_up(h, w1, b1)
+                last = next_w is final.weight
+                x, h = add_layer_norm(x, F.linear(g, w2, b2), next_w, next_b, next_eps,
+                                      torch.float32 if last else self.dtype)
+            return h
+
+    def embed_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Mean over residues (BOS/EOS left out) per sequence, fp32 ``[B, D]``."""
+        return pool_packed(self.forward_packed(batch), batch)
+
 
 # -- DNABERT-S ---------------------------------------------------------------------------------
+def dnabert_layer_tail(
+    x: torch.Tensor,
+    context: torch.Tensor,
+    wd: torch.Tensor,
+    bd: torch.Tensor,
+    ln1_w: torch.Tensor,
+    ln1_b: torch.Tensor,
+    wg: torch.Tensor,
+    wo: torch.Tensor,
+    bo: torch.Tensor,
+    ln2_w: torch.Tensor,
+    ln2_b: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """The rest of a DNABERT-S layer after attention: dense + residual + LN, GEGLU + residual + LN.
+
+    ``context [..., H]`` in the compute dtype; shapes ``[B, T, H]`` (padded) or ``[N, H]`` (packed).
+    """
+    hidden = x.shape[-1]
+    compute = wg.dtype
+    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
+    h = F.linear(x.to(compute), wg)
+    inter = h.shape[-1] // 2
+    h = F.gelu(h[..., :inter]) * h[..., inter:]
+    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
+
+
 def dnabert_layer(
     x: torch.Tensor,
     bias: torch.Tensor,
@@ -312,11 +479,7 @@ def dnabert_layer(
     q, k, v = qkv.unbind(0)
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     context = context.transpose(1, 2).reshape(batch, length, hidden).to(compute)
-    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
-    h = F.linear(x.to(compute), wg)
-    inter = h.shape[-1] // 2
-    h = F.gelu(h[..., :inter]) * h[..., inter:]
-    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
+    return dnabert_layer_tail(x, context, wd, bd, ln1_w, ln1_b, wg, wo, bo, ln2_w, ln2_b, eps)
 
 
 class FastDnabert:
@@ -356,6 +519,10 @@ class FastDnabert:
         self.layer = CompiledFunction(
             dnabert_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 2, 3)}
         )
+
+    @property
+    def compiled_functions(self) -> list[CompiledFunction]:
+        return [self.layer]
 
     def __call__(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return self.forward(input_ids, keep)

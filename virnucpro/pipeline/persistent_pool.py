@@ -6,9 +6,11 @@ when a stage raised.
 
 - The parent sets ``CUDA_VISIBLE_DEVICES`` (and the expandable-segments allocator) in each child's
   environment before starting it; the parent never initialises CUDA.
-- A dispatcher thread hands each task to an idle worker, watches results and process deaths
-  through ``multiprocessing.connection.wait``, replaces a dead worker (same device) and retries
-  its task; a task that fails ``max_attempts`` times fails its future with a
+- A dispatcher thread keeps up to ``tasks_per_worker`` tasks (default 2) with each worker — the
+  one it computes and the next, so the worker goes on to the next shard while it finishes the last
+  one's feature file — watches results and process deaths through
+  ``multiprocessing.connection.wait``, replaces a dead worker (same device) and retries its tasks;
+  a task that fails ``max_attempts`` times fails its future with a
   :class:`~virnucpro.errors.WorkerError` naming the shard's frame IDs.
 - Each worker has its own pipes, so a SIGKILLed worker cannot corrupt another's channel.
 """
@@ -86,7 +88,7 @@ class _Slot:
         self.task_conn = task_conn
         self.result_conn = result_conn
         self.ready = False
-        self.job: _Job | None = None
+        self.jobs: dict[int, _Job] = {}  # task id -> job, in the order they were sent
         self.stage_reply: StageEnded | None = None
 
 
@@ -100,9 +102,13 @@ class PersistentWorkerPool:
         *,
         max_attempts: int = 3,
         start_timeout: float = 900.0,
+        tasks_per_worker: int = 2,
     ) -> None:
         if not devices:
             raise ValueError("a pool needs at least one device")
+        if tasks_per_worker < 1:
+            raise ValueError("tasks_per_worker must be at least 1")
+        self.tasks_per_worker = tasks_per_worker
         self.devices = list(devices)
         self.spec = spec
         self.max_attempts = max_attempts
@@ -121,6 +127,8 @@ class PersistentWorkerPool:
         self._closed = False
         self._started = False
         self._stage_msg: StageEnd | None = None
+        # submit() wakes the dispatcher at once instead of at its next poll timeout
+        self._wake_recv, self._wake_send = mp.Pipe(duplex=False)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "PersistentWorkerPool":
@@ -214,11 +222,13 @@ class PersistentWorkerPool:
                 slot.process.join(timeout=5)
             _close_conns(slot)
         with self._lock:
-            jobs = list(self._pending) + [s.job for s in self._slots if s.job is not None]
+            jobs = list(self._pending) + [j for s in self._slots for j in s.jobs.values()]
             self._pending.clear()
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(WorkerError("the worker pool was closed before this shard ran"))
+        for conn in (self._wake_send, self._wake_recv):
+            conn.close()
 
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.process.pid is not None]
@@ -234,6 +244,8 @@ class PersistentWorkerPool:
         task = EmbedTask(next(self._ids), stage, Path(shard_path), Path(out_path))
         with self._lock:
             self._pending.append(_Job(task, future))
+        with contextlib.suppress(OSError):  # closed meanwhile: close() fails the future
+            self._wake_send.send_bytes(b"!")
         return future
 
     def cancel_pending(self) -> int:
@@ -278,7 +290,7 @@ class PersistentWorkerPool:
                 logger.exception("worker pool dispatcher failed")
                 self._fatal = exc if isinstance(exc, Exception) else WorkerError(str(exc))
                 with self._lock:
-                    jobs = list(self._pending) + [s.job for s in self._slots if s.job]
+                    jobs = list(self._pending) + [j for s in self._slots for j in s.jobs.values()]
                     self._pending.clear()
                 for job in jobs:
                     if not job.future.done():
@@ -286,21 +298,28 @@ class PersistentWorkerPool:
                 return
 
     def _assign(self) -> None:
+        """Top every live worker up to ``tasks_per_worker``: idle workers first, then a second
+        task each, so shards spread over all GPUs before any worker queues two."""
         with self._lock:
-            for slot in self._slots:
-                if not self._pending:
-                    return
-                if slot.ready and slot.job is None and slot.process.is_alive():
-                    job = self._pending.popleft()
-                    job.attempts += 1
-                    slot.job = job
-                    slot.task_conn.send(job.task)
+            for depth in range(1, self.tasks_per_worker + 1):
+                for slot in self._slots:
+                    if not self._pending:
+                        return
+                    if slot.ready and len(slot.jobs) < depth and slot.process.is_alive():
+                        job = self._pending.popleft()
+                        job.attempts += 1
+                        slot.jobs[job.task.task_id] = job
+                        slot.task_conn.send(job.task)
 
     def _poll(self, timeout: float, starting: bool = False) -> None:
         conns = {s.result_conn: s for s in self._slots}
         sentinels = {s.process.sentinel: s for s in self._slots}
-        for ready in wait(list(conns) + list(sentinels), timeout=timeout):
-            if ready in conns:
+        for ready in wait([*conns, *sentinels, self._wake_recv], timeout=timeout):
+            if ready is self._wake_recv:
+                with contextlib.suppress(OSError, EOFError):
+                    while self._wake_recv.poll():
+                        self._wake_recv.recv_bytes()
+            elif ready in conns:
                 slot = conns[ready]
                 try:
                     message = ready.recv()
@@ -329,7 +348,7 @@ class PersistentWorkerPool:
             raise _fatal_error(message)  # the dispatcher fails every pending future with it
         elif isinstance(message, TaskDone):
             with self._lock:
-                job, slot.job = slot.job, None
+                job = slot.jobs.pop(message.task_id, None)
             self._note_loads(info, message.model_loads)
             info.peak_mib = max(info.peak_mib, message.peak_mib)
             info.tasks_done += 1
@@ -337,7 +356,7 @@ class PersistentWorkerPool:
                 job.future.set_result(message)
         elif isinstance(message, TaskFailed):
             with self._lock:
-                job, slot.job = slot.job, None
+                job = slot.jobs.pop(message.task_id, None)
             if job is not None:
                 self._retry_or_fail(job, f"{info.name}: {message.error}")
         elif isinstance(message, StageEnded):
@@ -375,7 +394,7 @@ class PersistentWorkerPool:
         info = slot.info
         logger.warning("worker %s (pid %s) died with exit code %s; replacing it", info.name, slot.process.pid, code)
         with self._lock:
-            job, slot.job = slot.job, None
+            jobs, slot.jobs = list(slot.jobs.values()), {}
             index = self._slots.index(slot)
         _close_conns(slot)
         info.restarts += 1
@@ -389,7 +408,7 @@ class PersistentWorkerPool:
                 new_slot.task_conn.send(self._stage_msg)  # it dies mid-boundary: ask the new one
             else:
                 new_slot.stage_reply = slot.stage_reply
-        if job is not None:
+        for job in reversed(jobs):  # retried first, in their original order
             self._retry_or_fail(job, f"{info.name}: worker died (exit code {code})")
 
 

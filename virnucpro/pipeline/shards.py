@@ -8,6 +8,7 @@ Finished shards are therefore never recomputed on resume, and a bad file is reco
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = [
     "save_features",
     "load_features",
     "features_complete",
+    "check_feature_ids",
+    "nonfinite_rows",
     "protein_tokens",
 ]
 
@@ -135,3 +138,34 @@ def features_complete(path: Path, expected_ids: list[str]) -> bool:
         path.unlink(missing_ok=True)
         return False
     return True
+
+
+def nonfinite_rows(ids: list[str], emb: np.ndarray) -> list[str]:
+    """IDs of the rows of ``emb`` holding a NaN or infinity (a worker checks before writing)."""
+    bad = ~np.isfinite(emb).all(axis=1)
+    return [ids[i] for i in np.flatnonzero(bad)]
+
+
+def check_feature_ids(path: Path, expected_ids: list[str]) -> None:
+    """The cheap end-of-stage proof: the file holds exactly ``expected_ids``, once each, and one
+    row per ID (read from the array header, not the data). The worker checked every value for
+    finiteness before writing; :func:`load_features` checks everything again where the rows are
+    used (classify)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids = [str(x) for x in data["ids"]]
+        with zipfile.ZipFile(path) as archive, archive.open("emb.npy") as member:
+            major, _ = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read_header(member)[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise WorkerError(f"{path}: feature file unreadable ({exc}); delete it to recompute it") from exc
+    if len(shape) != 2 or shape[0] != len(ids):
+        raise WorkerError(f"{path}: feature file is malformed ({shape} for {len(ids)} IDs)")
+    if ids != expected_ids and sorted(ids) != sorted(expected_ids):
+        missing = sorted(set(expected_ids) - set(ids))
+        extra = sorted(set(ids) - set(expected_ids))
+        raise WorkerError(
+            f"{path}: {len(missing)} frame(s) missing ({', '.join(missing[:5])}) and "
+            f"{len(extra)} unexpected or repeated ({', '.join(extra[:5])}); delete the file to recompute it"
+        )

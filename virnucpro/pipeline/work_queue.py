@@ -24,7 +24,7 @@ from pathlib import Path
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.messages import StageEnded, TaskDone, WorkerSpec
 from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
-from virnucpro.pipeline.shards import Shard, features_complete, iter_shard_ids, load_features
+from virnucpro.pipeline.shards import Shard, check_feature_ids, features_complete, iter_shard_ids
 from virnucpro.pipeline.stage import FeatureStage
 
 __all__ = ["BatchQueueManager", "StageReport", "Progress", "feature_path"]
@@ -162,8 +162,8 @@ class BatchQueueManager:
                 if not self.use_persistent_pool:
                     pool.close()
         frames = tokens = 0
-        for shard in shards:  # every frame in -> exactly one finite embedding out
-            load_features(feature_path(features_dir, stage, shard), expected[shard.shard_id])
+        for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
+            check_feature_ids(feature_path(features_dir, stage, shard), expected[shard.shard_id])
         for done in dones:
             frames += done.n_frames
             tokens += done.n_tokens

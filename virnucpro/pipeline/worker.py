@@ -17,13 +17,17 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from virnucpro.pipeline.batching import pack_batches, padded_tokens
+from virnucpro.pipeline.encode_ahead import encode_ahead
 from virnucpro.pipeline.messages import (
     EmbedTask,
     StageEnd,
@@ -34,7 +38,7 @@ from virnucpro.pipeline.messages import (
     WorkerReady,
     WorkerSpec,
 )
-from virnucpro.pipeline.shards import read_shard, save_features
+from virnucpro.pipeline.shards import nonfinite_rows, read_shard, save_features
 from virnucpro.pipeline.stage import FeatureStage
 
 __all__ = ["worker_main", "token_budget"]
@@ -50,6 +54,16 @@ it then needs no attention mask (SDPA's flash kernel)."""
 _WARMUP_TOKENS = 65536
 _MAX_PADDING = 0.05
 """A batch is closed before it would become more than 5% padding (DNABERT-S lengths spread)."""
+_DNABERT_ENCODE_GROUP = 2048
+"""DNABERT-S shards are tokenised this many sequences at a time, one group ahead of the GPU
+(:mod:`~virnucpro.pipeline.encode_ahead`); ESM-2's encoding is a table lookup, done at once."""
+
+
+def packing_options(embedder: Any) -> dict[str, Any]:
+    """``pack_batches`` options: padded batches avoid padding; packed batches have none."""
+    if getattr(embedder, "packed", False):
+        return {}
+    return {"uniform_fraction": _UNIFORM_FRACTION, "max_padding": _MAX_PADDING}
 
 
 @dataclass(slots=True)
@@ -94,6 +108,11 @@ class _Worker:
         self.name = name
         self.spec = spec
         self.results = results
+        self._send_lock = threading.Lock()
+        # Each task's tail (its last batches, the feature file, the report) is finished here, so
+        # the GPU starts the next task (the pool keeps one queued per worker) without waiting.
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
+        self._finishing: list[Future] = []
         self.faults = _Faults.from_env()
         self.precision = Precision(spec.precision)
         self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
@@ -185,7 +204,33 @@ class _Worker:
             return 0.0
         return self.torch.cuda.max_memory_allocated(self.device) / 2**20
 
-    def embed_task(self, task: EmbedTask) -> TaskDone:
+    def send(self, message: Any) -> None:
+        """Send a result to the parent (from the main or the finishing thread)."""
+        with self._send_lock:
+            self.results.put(message)
+
+    def drain(self) -> None:
+        """Wait until every task handed to the finishing thread has reported."""
+        while self._finishing:
+            self._finishing.pop(0).result()
+
+    def _finish_later(self, task: EmbedTask, finish: Callable[[], TaskDone]) -> None:
+        def run() -> None:
+            try:
+                done = finish()
+            except Exception as exc:  # a feature file that cannot be written fails its task
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self.send(TaskFailed(worker=self.name, task_id=task.task_id, error=detail))
+                return
+            self.send(done)
+
+        self._finishing = [f for f in self._finishing if not f.done()]
+        self._finishing.append(self._finisher.submit(run))
+
+    def embed_task(self, task: EmbedTask) -> None:
+        """Embed one shard. Its GPU work is queued here; the rest (waiting for the last batches,
+        writing the feature file atomically, reporting ``TaskDone``) runs on the finishing thread
+        while this thread starts the next task."""
         torch = self.torch
         if self.faults.kill_marker is not None and self.faults.kill_marker.exists():
             self.faults.kill_marker.unlink()
@@ -198,15 +243,15 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        encoded = embedder.encode(seqs)  # tokenised once; lengths and batches come from it
-        lengths = [len(r) for r in encoded]
+        group = _DNABERT_ENCODE_GROUP if task.stage is FeatureStage.DNABERT else None
+        groups = encode_ahead(seqs, embedder.encode, group)  # tokenised once, a group ahead
+        encoded: list[Any] = [None] * len(seqs)
+        lengths = [0] * len(seqs)
         budget = self.budget(task.stage, embedder)
         rows: list[Any] = [None] * len(seqs)
         oom_retries = 0
         padded = 0
-        pending = pack_batches(
-            lengths, budget, uniform_fraction=_UNIFORM_FRACTION, max_padding=_MAX_PADDING
-        )
+        pending: list[list[int]] = []
         in_flight: list[tuple[list[int], Any]] = []  # at most one batch computing on the GPU
 
         def collect() -> None:
@@ -215,7 +260,18 @@ class _Worker:
             for row, i in enumerate(batch):
                 rows[i] = emb[row]
 
-        while pending:
+        while True:
+            if not pending:
+                next_group = next(groups, None)
+                if next_group is None:
+                    break
+                indices, tokens = next_group
+                for i, row in zip(indices, tokens):
+                    encoded[i] = row
+                    lengths[i] = len(row)
+                local = [len(row) for row in tokens]
+                options = packing_options(embedder)
+                pending = [[indices[j] for j in b] for b in pack_batches(local, budget, **options)]
             batch = pending.pop(0)
             size = padded_tokens(lengths, batch)
             try:
@@ -233,38 +289,52 @@ class _Worker:
                 self._empty_cache()
                 half = len(batch) // 2
                 pending[:0] = [batch[:half], batch[half:]]
-                self.budgets[task.stage] = max(_MIN_TOKEN_BUDGET, size // 2)
+                budget = max(_MIN_TOKEN_BUDGET, size // 2)
+                self.budgets[task.stage] = budget
                 logger.warning(
                     "%s: out of memory on a batch of %d tokens; halving and retrying",
                     self.name,
                     size,
                 )
                 continue
-            padded += size
+            padded += sum(lengths[i] for i in batch) if getattr(embedder, "packed", False) else size
             in_flight.append((batch, handle))
             if len(in_flight) > 1:  # the next batch is queued: now wait for the previous one
                 collect()
-        while in_flight:
-            collect()
-        matrix = torch.stack(rows).numpy() if rows else None
-        if matrix is None:
-            import numpy as np
 
-            matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        save_features(task.out_path, [f.frame_id for f in frames], matrix)
-        return TaskDone(
-            worker=self.name,
-            task_id=task.task_id,
-            n_frames=len(frames),
-            n_tokens=int(sum(lengths)),
-            padded_tokens=padded,
-            seconds=time.perf_counter() - started,
-            peak_mib=self.peak_mib(),
-            oom_retries=oom_retries,
-            model_loads=dict(self.model_loads),
-        )
+        def finish() -> TaskDone:
+            while in_flight:
+                collect()
+            if rows:
+                matrix = torch.stack(rows).numpy()
+            else:
+                import numpy as np
+
+                matrix = np.zeros((0, embedder.dim), dtype=np.float32)
+            ids = [f.frame_id for f in frames]
+            bad = nonfinite_rows(ids, matrix)
+            if bad:
+                raise FloatingPointError(
+                    f"non-finite {task.stage.label} embeddings for {len(bad)} frame(s): "
+                    f"{', '.join(bad[:5])}"
+                )
+            save_features(task.out_path, ids, matrix)
+            return TaskDone(
+                worker=self.name,
+                task_id=task.task_id,
+                n_frames=len(frames),
+                n_tokens=int(sum(lengths)),
+                padded_tokens=padded,
+                seconds=time.perf_counter() - started,
+                peak_mib=self.peak_mib(),
+                oom_retries=oom_retries,
+                model_loads=dict(self.model_loads),
+            )
+
+        self._finish_later(task, finish)
 
     def end_stage(self, message: StageEnd) -> StageEnded:
+        self.drain()
         peak = self.peak_mib()
         if message.release:
             self.release(message.stage)
@@ -296,7 +366,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
         device_name = "cpu"
         if spec.on_gpu:
             device_name = worker.torch.cuda.get_device_name(worker.device)
-        results.put(
+        worker.send(
             WorkerReady(
                 worker=name,
                 pid=os.getpid(),
@@ -313,12 +383,13 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     while True:
         message = tasks.get()
         if message is None:
+            worker.drain()
             break
         if isinstance(message, StageEnd):
-            results.put(worker.end_stage(message))
+            worker.send(worker.end_stage(message))
             continue
         try:
-            results.put(worker.embed_task(message))
+            worker.embed_task(message)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            results.put(TaskFailed(worker=name, task_id=message.task_id, error=detail))
+            worker.send(TaskFailed(worker=name, task_id=message.task_id, error=detail))

@@ -57,9 +57,17 @@ class CheckSections:
         self.say(f"fp32 reference on {len(frames)} frames in {time.perf_counter() - t:.1f} s")
         del dna32
         candidates: list[tuple[str, Any, Any]] = [
-            ("bf16 (compiled fast path: the pipeline's)", self.embedders.get("esm_bf16"),
+            ("bf16 (compiled fast path: the pipeline's; bf16 residual + fused GELU)", self.embedders.get("esm_bf16"),
              self.embedders.get("dnabert_bf16")),
         ]
+        esm_options = (("none (fp32 residual, erf GELU: the exact function in bf16)", {}),
+                       ("bf16 residual only", {"residual_dtype": torch.bfloat16}),
+                       ("fused bias+GELU only (tanh GELU)", {"fused_gelu": True}))
+        if self.on_gpu:
+            for label, options in esm_options:  # eager: the same function the compiled path runs
+                candidates.append((f"bf16, ESM-2 options: {label} (eager)",
+                                   Esm2Embedder(m.esm, fast=True, compile=False, **options),
+                                   self.embedders.get("dnabert_bf16")))
         for label, dt in (("fp16 (fast path, eager)", torch.float16),):
             e16 = build_random_esm2(m.esm_spec, self.device, dt, seed=self.args.seed)
             d16 = build_random_dnabert(m.dnabert_config, self.device, dt, seed=self.args.seed)

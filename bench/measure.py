@@ -34,13 +34,15 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
-                 uniform_fraction: float | None = 0.25,
-                 max_padding: float | None = 0.05) -> tuple[Any, dict[str, Any]]:
-    """Embed like a worker (shards of ``shard_frames`` in order, packed, one batch in flight)."""
+def run_embedder(embedder: Any, seqs: list[str], budget: int,
+                 shard_frames: int) -> tuple[Any, dict[str, Any]]:
+    """Embed like a worker (shards of ``shard_frames`` in order, batched as a worker batches,
+    one batch in flight). Tokenisation is inside the timing, done up front per shard (a worker
+    tokenises DNABERT-S a group ahead of the GPU instead: see the pipeline rows)."""
     import numpy as np
 
     from virnucpro.pipeline.batching import is_uniform, pack_batches, padded_tokens
+    from virnucpro.pipeline.worker import packing_options
 
     out = np.zeros((len(seqs), embedder.dim), dtype=np.float32)
     lengths_all: list[int] = []
@@ -54,9 +56,11 @@ def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
         lengths = [len(r) for r in rows]
         lengths_all.extend(lengths)
         in_flight: list[tuple[list[int], Any]] = []
-        for batch in pack_batches(lengths, budget, uniform_fraction=uniform_fraction,
-                                  max_padding=max_padding):
-            padded += padded_tokens(lengths, batch)
+        for batch in pack_batches(lengths, budget, **packing_options(embedder)):
+            if getattr(embedder, "packed", False):
+                padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
+            else:
+                padded += padded_tokens(lengths, batch)
             batches += 1
             uniform += is_uniform(lengths, batch)
             in_flight.append((batch, embedder.submit([rows[i] for i in batch])))

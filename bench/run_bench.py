@@ -239,6 +239,9 @@ class Bench(StageSections, CheckSections, PipelineSections):
         for k in range(args.n_samples):
             small = make_sample(args.small_chunks, seed=args.seed + 100 + k)
             self.paths[f"small{k}"] = write_fasta(self.work / f"sample_small_{k}.fa", small)
+        for k in range(args.batch_samples):
+            batch = make_sample(args.batch_chunks, seed=args.seed + 200 + k)
+            self.paths[f"batch{k}"] = write_fasta(self.work / f"sample_batch_{k}.fa", batch)
         lengths = [len(f.protein) + 2 for f in self.frames500]
         common = max(set(lengths), key=lengths.count)
         info = {
@@ -366,6 +369,7 @@ class Bench(StageSections, CheckSections, PipelineSections):
             ("fit24", self.fit24, 15),
             ("write_models", self.write_models, 30),
             ("pipeline", self.pipeline, 60),
+            ("pipeline_batch", self.pipeline_batch, 60),
             ("precision", self.precision, 25),
             ("baseline", self.baseline, 25),
             ("persistent_vs_standard", self.persistent_vs_standard, 60),
@@ -376,6 +380,7 @@ class Bench(StageSections, CheckSections, PipelineSections):
             "fit24": {"esm_alone", "dnabert_alone"}, "baseline": {"write_models"},
             "profile": {"esm_alone", "dnabert_alone"},
             "pipeline": {"write_models"}, "persistent_vs_standard": {"write_models"},
+            "pipeline_batch": {"write_models", "esm_alone"},
         }
         if only is not None:
             only |= {"env", "sample", "models"}
@@ -400,6 +405,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small-chunks", type=int, default=1000,
                    help="chunks per sample for persistent vs standard")
     p.add_argument("--n-samples", type=int, default=3, help="samples in a row (persistent vs standard)")
+    p.add_argument("--batch-samples", type=int, default=3,
+                   help="samples in a row for the batch throughput (with/without prefetch)")
+    p.add_argument("--batch-chunks", type=int, default=4000, help="500-bp chunks per batch sample")
     p.add_argument("--esm-frames", type=int, default=8000,
                    help="proteins in the 300+500-bp mix run of ESM-2 alone (half of each)")
     p.add_argument("--precision-frames", type=int, default=512)

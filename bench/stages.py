@@ -9,6 +9,27 @@ from typing import Any
 
 from bench.measure import cosine_rows, dnabert_flops, esm_flops, rate_row, run_embedder, sync
 
+ESM_VARIANTS: list[tuple[str, dict[str, Any], float | None]] = [
+    ("fast path compiled, bf16 (as the pipeline; this subset)", {}, None),
+    ("packed, fp32 residual, erf GELU (the exact function, in bf16)", {"fast": True}, 30.0),
+    ("packed, bf16 residual, erf GELU", {"fast": True, "residual_dtype": "bf16"}, 30.0),
+    ("packed, fp32 residual, fused bias+GELU epilogue", {"fast": True, "fused_gelu": True}, 30.0),
+    ("padded batches, compiled (the code before packing)", {"fast": True, "packed": False}, 30.0),
+    ("plain Esm2Encoder bf16 (before the fast path)", {"fast": False}, None),
+]
+"""ESM-2 variants measured on one subset; dtype names are resolved at run time (torch import)."""
+
+
+def packing_info(embedder: Any) -> dict[str, Any]:
+    """Whether an embedder ran packed, its self-check and any compile or packing failure."""
+    runner = embedder.runner
+    failed = [f.failed for f in getattr(runner, "compiled_functions", []) if f.failed]
+    info: dict[str, Any] = {"packed": embedder.packed, "compile_failed": failed[0] if failed else None}
+    packing = getattr(embedder, "packing", None)  # ESM-2 only (DNABERT-S is padded)
+    if packing is not None:
+        info.update(packed_check_cos=packing.check_cosine, packed_failed=packing.failed)
+    return info
+
 __all__ = ["StageSections"]
 
 
@@ -27,14 +48,17 @@ class StageSections:
     def esm_alone(self) -> None:
         import torch
 
-        from virnucpro.models.embedders import Esm2Embedder
+        from virnucpro.config import Precision
+        from virnucpro.models.embedders import Esm2Embedder, esm_fast_options
 
         m = self.models
         spec = m.esm_spec
         proteins = self.esm_inputs()
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
-        embedder = Esm2Embedder(m.esm, fast=True)  # what a worker builds (compiled on CUDA bf16)
+        # what a worker builds (compiled, packed, bf16 options on CUDA)
+        options = esm_fast_options(Precision.BF16) if self.on_gpu else {}
+        embedder = Esm2Embedder(m.esm, fast=True, **options)
         self.embedders["esm_bf16"] = embedder
         started = time.perf_counter()
         embedder.warmup(self.warmup_tokens(spec.embed_dim))  # as a worker: realistic sizes
@@ -54,7 +78,7 @@ class StageSections:
         main = rate_row("ESM-2 stage alone: fast path, compiled, bf16; the pipeline sample (500 bp)",
                         stats, flops, self.peak_tflops,
                         {"compile_s": round(compile_s, 1), "token_budget": budget, "peak_mib": peak_mib,
-                         "compile_failed": embedder.runner.layer.failed})
+                         **packing_info(embedder)})
         self.row("esm", **main)
         self.result["esm_tokens_per_s"] = main["tokens_per_s"]
         self.result["esm500_frames_per_s"] = main["frames_per_s"]
@@ -80,22 +104,19 @@ class StageSections:
         budget = self.esm_budget
         p500 = [f.protein for f in self.frames500]
         subset = p500[: max(1, len(p500) // self.args.variant_divisor)]
-        variants: list[tuple[str, dict[str, Any], float | None]] = [
-            ("fast path compiled, bf16 (as the pipeline; this subset)", {}, None),
-            ("plain Esm2Encoder bf16 (the code before this change)", {"fast": False}, None),
-            ("fast path eager (fused QKV, no mask when uniform), bf16", {"fast": True, "compile": False}, None),
-            ("fast path compiled, bf16 residual stream", {"fast": True, "compile": True,
-                                                          "residual_dtype": torch.bfloat16}, 40.0),
-        ]
         reference = None
-        for name, kwargs, need in variants:
-            if kwargs.get("compile") and not self.on_gpu:
+        for name, options, need in ESM_VARIANTS:
+            kwargs = dict(options)
+            if kwargs.get("residual_dtype") == "bf16":
+                kwargs["residual_dtype"] = torch.bfloat16
+            compiled = kwargs.get("fast") and kwargs.get("compile", True)
+            if compiled and not self.on_gpu:
                 continue  # inductor on the CPU: slow to compile and not what is measured here
             if need and self.args.time_limit - self.elapsed() < need + 250:  # keep time for the pipeline
                 self.row("esm-variant", name=name + " [skipped: time]")
                 continue
             var = embedder if not kwargs else Esm2Embedder(m.esm, **kwargs)
-            if kwargs.get("compile"):
+            if compiled and var is not embedder:
                 t = time.perf_counter()
                 var.warmup(self.warmup_tokens(spec.embed_dim))
                 sync(self.device)
@@ -105,6 +126,8 @@ class StageSections:
             run_embedder(var, subset[: min(len(subset), 64)], budget, self.args.shard_frames)  # warm
             emb, stats = run_embedder(var, subset, budget, self.args.shard_frames)
             extra: dict[str, Any] = {"compile_s": kwargs_compile}
+            if var.runner is not None:
+                extra.update(packing_info(var))
             if reference is None:
                 reference = emb
             else:
@@ -182,7 +205,7 @@ class StageSections:
         peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.on_gpu else None
         main = rate_row("DNABERT-S stage alone: fast path, compiled, bf16 attention", stats, flops,
                         self.peak_tflops, {"compile_s": round(compile_s, 1), "token_budget": budget,
-                                           "peak_mib": peak_mib})
+                                           "peak_mib": peak_mib, **packing_info(embedder)})
         self.row("dnabert", **main)
         self.result["dnabert_frames_per_s"] = main["frames_per_s"]
         self.say(f"DNABERT-S compiled: {main['frames_per_s']:.0f} frames/s")
@@ -200,9 +223,8 @@ class StageSections:
         subset = dna[: max(1, len(dna) // self.args.variant_divisor)]
         variants = [
             ("plain DnabertS bf16, fp32 attention (the code before this change)", {"fast": False}, 0.0),
-            ("fast path eager, bf16 attention", {"fast": True, "compile": False}, 0.0),
-            ("fast path compiled, fp32 attention", {"fast": True, "compile": True,
-                                                    "attention_dtype": torch.float32}, 30.0),
+            ("padded batches, compiled, bf16 attention (the code before packing)",
+             {"fast": True, "compile": True, "packed": False}, 20.0),
         ]
         for name, kwargs, need in variants:
             if kwargs.get("compile") and not self.on_gpu:
@@ -215,10 +237,11 @@ class StageSections:
                 var.warmup(self.warmup_tokens(cfg.hidden_size))
             run_embedder(var, subset[:256], budget, self.args.shard_frames)
             _, stats = run_embedder(var, subset, budget, self.args.shard_frames)
+            extra = packing_info(var) if var.runner is not None else {}
             self.row("dnabert-variant", **rate_row(name, stats,
                                            dnabert_flops(stats["lengths"], cfg.num_hidden_layers,
                                                          cfg.hidden_size, cfg.intermediate_size),
-                                           self.peak_tflops))
+                                           self.peak_tflops, extra))
             self.say(f"  {name}: {stats['sequences'] / stats['seconds']:.0f} frames/s")
             del var
             self.free_gpu()

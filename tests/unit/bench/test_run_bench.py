@@ -60,13 +60,17 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
         "--out", str(out), "--device", "cpu", "--tiny", "--n-chunks", "60", "--small-chunks", "15",
         "--n-samples", "1", "--precision-frames", "12", "--baseline-frames", "8", "--esm-frames", "40",
         "--dnabert-repeat", "1", "--variant-divisor", "4", "--quick-baseline", "--time-limit", "600",
-        "--golden-dir", str(tmp_path / "no-golden"),
+        "--golden-dir", str(tmp_path / "no-golden"), "--batch-samples", "2", "--batch-chunks", "10",
     ])
     result = json.loads((out / "bench.json").read_text())
     sections = result["sections"]
     assert all(v["status"] == "ok" for v in sections.values()), sections
     groups = {r["group"] for r in result["rows"]}
-    assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent"} <= groups
+    assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent", "pipeline-batch"} <= groups
+    plain, ahead = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
+    assert plain["preparation_reused"] == [False, False]
+    assert ahead["preparation_reused"] == [False, True]  # the second sample was prepared ahead
+    assert ahead["frames"] == plain["frames"] > 0 and ahead["vs_esm_alone"] > 0
     pipeline = next(r for r in result["rows"] if r["group"] == "pipeline")
     assert pipeline["frames"] > 0 and pipeline["model_loads"] == {"cpu": {"dnabert": 1, "esm": 1}}
     standard = [r for r in result["rows"] if r["name"].startswith("standard")][0]

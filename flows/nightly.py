@@ -7,9 +7,7 @@ skipped and a half-done one resumes from the shards already on disk.
 
 - In-process (default): the samples run one after the other as ``virnucpro-predict`` subflows.
   With ``persistent_models`` ONE worker pool serves the whole night: each GPU worker loads
-  DNABERT-S and ESM-2 once, not once per sample. The next sample is prepared (chunked,
-  translated, sharded) on a background thread while the current one is on the GPUs; its own run
-  then reuses that preparation (:mod:`virnucpro.pipeline.prefetch`).
+  DNABERT-S and ESM-2 once, not once per sample.
 - ``dispatch_deployments``: each sample becomes its own ``virnucpro-predict/predict`` deployment
   run, so the workers of every GPU host polling the work pool share the night (the outbox must be
   on a file system all hosts see). The flow waits for them to report their outcome.
@@ -58,7 +56,6 @@ from virnucpro.orchestration.batch import (  # noqa: E402
 from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
 from virnucpro.orchestration.tasks import find_new_samples, resolve_plan  # noqa: E402
 from virnucpro.pipeline.persistent_pool import PersistentWorkerPool  # noqa: E402
-from virnucpro.pipeline.prefetch import PreparePrefetch  # noqa: E402
 
 __all__ = ["nightly_flow", "PREDICT_DEPLOYMENT", "main"]
 
@@ -97,13 +94,8 @@ def _run_in_process(
     own_pool: PersistentWorkerPool | None = None  # only without our runner
     pools_opened = 0
     outcomes: list[SampleOutcome] = []
-    prefetch = PreparePrefetch()
     try:
-        for index, sample in enumerate(pending):
-            prefetch.wait()  # this sample's preparation (started last round) holds its lock
-            if index + 1 < len(pending) and params.get("resume", True):  # a run without resume re-prepares
-                upcoming = pending[index + 1]
-                prefetch.start(build_config(upcoming.path, upcoming.output_dir, **params))
+        for sample in pending:
             task_runner = GpuTaskRunner()
             if persistent:
                 if plan is None:  # resolves the models once: a missing model fails the night here
@@ -136,11 +128,8 @@ def _run_in_process(
                 logger.error("sample %s failed: %s", sample.name, error)
                 outcomes.append(outcome_from_outputs(sample, "failed", flow_run_id=run_id, error=error))
     finally:
-        prefetch.wait()
         if own_pool is not None:
             own_pool.close()
-    if prefetch.started:
-        logger.info("prepared %d sample(s) ahead, during the previous sample's GPU stages", prefetch.started)
     return outcomes, pool, pools_opened
 
 

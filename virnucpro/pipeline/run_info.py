@@ -113,7 +113,6 @@ def build_run_info(
             "chunks": prepared.n_chunks,
             "frames": prepared.n_frames,
             "shards": len(prepared.shards),
-            "preparation_reused": prepared.reused,  # prepared ahead (nightly) or by an earlier try
         },
         "models": checksums,
         "demo_models": demo,

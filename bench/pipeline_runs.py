@@ -140,51 +140,37 @@ class PipelineSections:
                      f"ESM stage {a['esm_s'] / b['esm_s']:.2f}x")
 
     def pipeline_batch(self) -> None:
-        """Samples in a row on one persistent pool (the nightly batch), with and without preparing
-        the next sample during the current one's GPU stages; throughput against ESM-2 alone."""
-        from dataclasses import replace
-
+        """Samples in a row on one persistent pool (the nightly batch); throughput against
+        ESM-2 alone, over all samples and over the ones after the first (steady state)."""
         from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
-        from virnucpro.pipeline.prefetch import PreparePrefetch
 
         self.free_gpu()
         samples = [self.paths[f"batch{k}"] for k in range(self.args.batch_samples)]
         esm_alone = self.result.get("esm500_frames_per_s")
-        first = self._config(samples[0], self.work / "batch_plain_0", (0,), True)
-        pool = open_pool(plan_run(first))
+        configs = [self._config(s, self.work / f"batch_{k}", (0,), True) for k, s in enumerate(samples)]
+        pool = open_pool(plan_run(configs[0]))
+        walls, frames = [], []
         try:
-            for prefetching in (False, True):
-                tag = "prefetch" if prefetching else "plain"
-                configs = [replace(self._config(s, self.work / f"batch_{tag}_{k}", (0,), True), resume=True)
-                           for k, s in enumerate(samples)]
-                prefetch = PreparePrefetch()
-                walls, frames, reused = [], [], []
-                t0 = time.perf_counter()
-                for k, config in enumerate(configs):
-                    t = time.perf_counter()
-                    prefetch.wait()
-                    if prefetching and k + 1 < len(configs):
-                        prefetch.start(configs[k + 1])
-                    result = run_prediction(config, pool=pool)
-                    walls.append(round(time.perf_counter() - t, 2))
-                    frames.append(result.prepared.n_frames)
-                    reused.append(result.prepared.reused)
-                prefetch.wait()
-                total = time.perf_counter() - t0
-                rate = sum(frames) / total
-                steady = sum(frames[1:]) / sum(walls[1:]) if len(walls) > 1 else rate
-                row = {"frames": sum(frames), "wall_s": total, "frames_per_s": rate, "per_sample_s": walls,
-                       "preparation_reused": reused, "steady_frames_per_s": steady}
-                if esm_alone:
-                    row["vs_esm_alone"] = rate / esm_alone
-                    row["steady_vs_esm_alone"] = steady / esm_alone
-                name = (f"{len(samples)} samples in a row, one persistent pool, "
-                        + ("next sample prepared during the current one" if prefetching else "no prefetch"))
-                self.row("pipeline-batch", name=name, **row)
-                self.say(f"batch ({tag}): {rate:.0f} frames/s, steady {steady:.0f} frames/s"
-                         + (f" = {steady / esm_alone:.3f} x ESM alone" if esm_alone else ""))
+            t0 = time.perf_counter()
+            for config in configs:
+                t = time.perf_counter()
+                result = run_prediction(config, pool=pool)
+                walls.append(round(time.perf_counter() - t, 2))
+                frames.append(result.prepared.n_frames)
+            total = time.perf_counter() - t0
         finally:
             pool.close()
+        rate = sum(frames) / total
+        steady = sum(frames[1:]) / sum(walls[1:]) if len(walls) > 1 else rate
+        row = {"frames": sum(frames), "wall_s": total, "frames_per_s": rate, "per_sample_s": walls,
+               "steady_frames_per_s": steady}
+        if esm_alone:
+            row["vs_esm_alone"] = rate / esm_alone
+            row["steady_vs_esm_alone"] = steady / esm_alone
+        self.row("pipeline-batch", name=f"{len(samples)} samples in a row, one persistent pool "
+                 "(started before)", **row)
+        self.say(f"batch: {rate:.0f} frames/s, steady {steady:.0f} frames/s"
+                 + (f" = {steady / esm_alone:.3f} x ESM alone" if esm_alone else ""))
 
     def persistent_vs_standard(self) -> None:
         from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction

@@ -406,7 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunks per sample for persistent vs standard")
     p.add_argument("--n-samples", type=int, default=3, help="samples in a row (persistent vs standard)")
     p.add_argument("--batch-samples", type=int, default=3,
-                   help="samples in a row for the batch throughput (with/without prefetch)")
+                   help="samples in a row for the batch throughput (one persistent pool)")
     p.add_argument("--batch-chunks", type=int, default=4000, help="500-bp chunks per batch sample")
     p.add_argument("--esm-frames", type=int, default=8000,
                    help="proteins in the 300+500-bp mix run of ESM-2 alone (half of each)")

@@ -67,10 +67,8 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
     assert all(v["status"] == "ok" for v in sections.values()), sections
     groups = {r["group"] for r in result["rows"]}
     assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent", "pipeline-batch"} <= groups
-    plain, ahead = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
-    assert plain["preparation_reused"] == [False, False]
-    assert ahead["preparation_reused"] == [False, True]  # the second sample was prepared ahead
-    assert ahead["frames"] == plain["frames"] > 0 and ahead["vs_esm_alone"] > 0
+    (batch,) = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
+    assert batch["frames"] > 0 and len(batch["per_sample_s"]) == 2 and batch["vs_esm_alone"] > 0
     pipeline = next(r for r in result["rows"] if r["group"] == "pipeline")
     assert pipeline["frames"] > 0 and pipeline["model_loads"] == {"cpu": {"dnabert": 1, "esm": 1}}
     standard = [r for r in result["rows"] if r["name"].startswith("standard")][0]

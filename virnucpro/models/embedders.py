@@ -18,7 +18,10 @@ while it prepares the next, so the GPU never waits for the host between batches.
 
 On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast_path` (fused q/k/v,
 compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
-lengths); on the CPU they run the plain modules, which are the fp32 reference.
+lengths); on the CPU they run the plain modules, which are the fp32 reference. In bf16/fp16 on
+CUDA, ESM-2 batches run packed (no padding): at load time the packed path is checked against the
+plain module on a few proteins, and any disagreement or failure turns packing off for good, with
+a warning, in favour of the padded path (``Esm2Embedder.packing`` says which ran and why).
 """
 
 from __future__ import annotations
@@ -388,8 +391,9 @@ def esm_fast_options(precision: Precision) -> dict[str, object]:
 
     - fp32 (the GPU default): the exact function — fp32 residual stream, erf GELU.
     - bf16: residual stream in bf16 (the layer norms still compute in fp32) and fc1's bias +
-      GELU fused into the GEMM (cuBLASLt epilogue, tanh GELU): ~7% faster, agreement with fp32
-      reported per option by the benchmark and by ``virnucpro validate-precision``.
+      GELU fused into the GEMM (cuBLASLt epilogue, tanh GELU): 7% faster than the exact function
+      in bf16 (99.2k → 106.1k tokens/s on an H200, ``docs/benchmarks.md`` run D4); agreement
+      with fp32 reported per option there and by ``virnucpro validate-precision``.
     - fp16: the fused GELU only (an fp16 residual stream could overflow).
     """
     if precision is Precision.BF16:

@@ -19,6 +19,12 @@ What changes against the plain modules (which stay the CPU / fp32 reference):
   in that dtype (the plain module keeps attention in fp32); in fp32 nothing changes.
 - Optional ``residual_dtype``: the ESM-2 residual stream in the compute dtype instead of fp32
   (halves the bytes of every element-wise pass; agreement measured by the benchmark).
+- ESM-2 packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see
+  :mod:`~virnucpro.models.packing`): no padding anywhere, flash attention's variable-length
+  kernel, the q/k/v, out-proj, fc1 and fc2 GEMMs as cuBLAS calls, rotary as one compiled pointwise
+  kernel, residual + layer norm as one Triton pass (:mod:`~virnucpro.models.add_norm`), and
+  optionally (``fused_gelu``) fc1's bias + GELU in the GEMM's cuBLASLt epilogue (tanh GELU).
+  The padded path stays for fp32 (flash needs 16-bit inputs) and for head sizes flash refuses.
 
 A compiled call that fails for any reason but running out of memory logs a warning and falls
 back to the eager function, which computes the same thing, for calls of that signature (with or

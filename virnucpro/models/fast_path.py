@@ -52,7 +52,6 @@ __all__ = [
     "FastDnabert",
     "esm_layer",
     "dnabert_layer",
-    "dnabert_layer_tail",
     "esm_attention_inputs",
     "esm_attention_output",
     "esm_ffn_up",
@@ -430,33 +429,6 @@ class FastEsm2:
 
 
 # -- DNABERT-S ---------------------------------------------------------------------------------
-def dnabert_layer_tail(
-    x: torch.Tensor,
-    context: torch.Tensor,
-    wd: torch.Tensor,
-    bd: torch.Tensor,
-    ln1_w: torch.Tensor,
-    ln1_b: torch.Tensor,
-    wg: torch.Tensor,
-    wo: torch.Tensor,
-    bo: torch.Tensor,
-    ln2_w: torch.Tensor,
-    ln2_b: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """The rest of a DNABERT-S layer after attention: dense + residual + LN, GEGLU + residual + LN.
-
-    ``context [..., H]`` in the compute dtype; shapes ``[B, T, H]`` (padded) or ``[N, H]`` (packed).
-    """
-    hidden = x.shape[-1]
-    compute = wg.dtype
-    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
-    h = F.linear(x.to(compute), wg)
-    inter = h.shape[-1] // 2
-    h = F.gelu(h[..., :inter]) * h[..., inter:]
-    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
-
-
 def dnabert_layer(
     x: torch.Tensor,
     bias: torch.Tensor,
@@ -485,7 +457,11 @@ def dnabert_layer(
     q, k, v = qkv.unbind(0)
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     context = context.transpose(1, 2).reshape(batch, length, hidden).to(compute)
-    return dnabert_layer_tail(x, context, wd, bd, ln1_w, ln1_b, wg, wo, bo, ln2_w, ln2_b, eps)
+    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
+    h = F.linear(x.to(compute), wg)
+    inter = h.shape[-1] // 2
+    h = F.gelu(h[..., :inter]) * h[..., inter:]
+    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
 
 
 class FastDnabert:
@@ -528,6 +504,7 @@ class FastDnabert:
 
     @property
     def compiled_functions(self) -> list[CompiledFunction]:
+        """Every compiled function of this runner (for compile-failure reports)."""
         return [self.layer]
 
     def __call__(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

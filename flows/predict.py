@@ -30,6 +30,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "virnucpro")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# A fresh ephemeral server creates and migrates its database before it answers: ~25 s measured on
+# a 2-core machine, over Prefect's default 20-s wait ("Timed out while attempting to connect").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # The flow and the package come from the same checkout, installed or not.
 _CHECKOUT = Path(__file__).resolve().parents[1]
 if str(_CHECKOUT) not in sys.path:

@@ -8,3 +8,5 @@ if [ -z "${PREFECT_HOME:-}" ]; then
   export PREFECT_HOME
 fi
 export PREFECT_LOGGING_EXTRA_LOGGERS=virnucpro
+# a fresh ephemeral server migrates its database first (~25 s on 2 cores; Prefect waits 20 s)
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}"

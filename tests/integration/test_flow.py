@@ -359,6 +359,19 @@ def test_script_help_lists_every_flow_parameter() -> None:
     assert "--demo-if-missing" in done.stdout
 
 
+def test_script_gives_a_fresh_ephemeral_server_time_to_migrate() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    code = "import flows.predict, os; print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 60  # Prefect's own 20 s timed out on a fresh 2-core machine
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "33"  # a site's own value wins
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT, env=env)
+    assert done.stdout.strip() == "33"
+
+
 @pytest.mark.filterwarnings("ignore:Logger 'virnucpro")
 def test_demo_if_missing_builds_demo_models_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_fasta: Path, model_params: dict

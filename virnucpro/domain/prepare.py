@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.domain.atomic import atomic_open
-from virnucpro.domain.chunking import chunk_sequence
 from virnucpro.domain.fasta import format_fasta_record, read_fasta
 from virnucpro.domain.outputs import PreparedFiles, prepared_paths
+from virnucpro.domain.record_frames import records_chunk_frames
 from virnucpro.domain.records import Chunk, Frame, SequenceRecord
-from virnucpro.domain.translation import six_frames
 
 __all__ = [
+    "BATCH_BASES",
     "CHUNK_FILE_WRAP",
     "ChunkFrames",
     "RecordFrames",
@@ -40,6 +40,9 @@ __all__ = [
 
 CHUNK_FILE_WRAP = 60
 """Line width of the chunk file (Biopython's FASTA writer)."""
+
+BATCH_BASES = 1 << 20
+"""Bases translated together by :func:`iter_frames` (about 10 MB of working memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +72,32 @@ class RecordFrames:
 
 
 def iter_frames(records: Iterable[SequenceRecord], chunk_length: int) -> Iterator[RecordFrames]:
-    """Chunk and six-frame-translate each record, lazily, in input order."""
+    """Chunk and six-frame-translate each record, lazily, in input order.
+
+    Records are translated in groups of about :data:`BATCH_BASES` bases with the whole-record
+    translation of :mod:`virnucpro.domain.record_frames`, whose output is that of
+    ``chunk_sequence`` + ``six_frames`` per chunk (the scalar reference). An input error raised by
+    ``records`` half-way still surfaces before anything past the group is yielded.
+    """
+    group: list[SequenceRecord] = []
+    bases = 0
     for record in records:
-        chunks = chunk_sequence(record.id, record.sequence, chunk_length)
+        group.append(record)
+        bases += len(record.sequence)
+        if bases >= BATCH_BASES:
+            yield from _frames_of_group(group, chunk_length)
+            group, bases = [], 0
+    if group:
+        yield from _frames_of_group(group, chunk_length)
+
+
+def _frames_of_group(group: list[SequenceRecord], chunk_length: int) -> Iterator[RecordFrames]:
+    translated = records_chunk_frames([(r.id, r.sequence) for r in group], chunk_length)
+    for record, chunks in zip(group, translated, strict=True):
         yield RecordFrames(
             record_id=record.id,
             length=len(record.sequence),
-            chunks=tuple(ChunkFrames(chunk, tuple(six_frames(chunk))) for chunk in chunks),
+            chunks=tuple(ChunkFrames(chunk, frames) for chunk, frames in chunks),
         )
 
 

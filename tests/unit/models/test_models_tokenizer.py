@@ -53,3 +53,16 @@ def test_unreadable_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="cannot read this tokenizer file"):
         DnaTokenizer.from_model_dir(tmp_path)
+
+
+def test_batch_encoding_equals_one_by_one_on_random_dna() -> None:
+    # encode_batch takes tokenizers' fast batch path where it exists; the ids must not change.
+    import random
+
+    rng = random.Random(3)
+    sequences = [
+        "".join(rng.choice("ACGTACGTACGTNacgt") for _ in range(rng.randrange(0, 600)))
+        for _ in range(300)
+    ]
+    tokenizer = DnaTokenizer.from_model_dir(Path(os.devnull))
+    assert tokenizer.encode_batch(sequences) == [tokenizer.encode(s) for s in sequences]

@@ -34,16 +34,14 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
-                 encode_group: tuple[int, int] | None = None) -> tuple[Any, dict[str, Any]]:
+def run_embedder(embedder: Any, seqs: list[str], budget: int,
+                 shard_frames: int) -> tuple[Any, dict[str, Any]]:
     """Embed like a worker (shards of ``shard_frames`` in order, batched as a worker batches,
-    one batch in flight). Tokenisation is inside the timing: done up front per shard, or with
-    ``encode_group=(smallest, largest)`` group by group one group ahead of the GPU, grouped as a
-    worker groups DNABERT-S (:func:`virnucpro.pipeline.encode_ahead.group_size`)."""
+    one batch in flight). Tokenisation is inside the timing, done up front per shard (a worker
+    tokenises DNABERT-S a group ahead of the GPU instead: see the pipeline rows)."""
     import numpy as np
 
     from virnucpro.pipeline.batching import is_uniform, pack_batches, padded_tokens
-    from virnucpro.pipeline.encode_ahead import encode_ahead, group_size
     from virnucpro.pipeline.worker import packing_options
 
     out = np.zeros((len(seqs), embedder.dim), dtype=np.float32)
@@ -54,26 +52,23 @@ def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
     started = time.perf_counter()
     for lo in range(0, len(seqs), shard_frames):
         shard = seqs[lo : lo + shard_frames]
-        group = (None if encode_group is None
-                 else group_size(len(shard), smallest=encode_group[0], largest=encode_group[1]))
+        rows = embedder.encode(shard)
+        lengths = [len(r) for r in rows]
+        lengths_all.extend(lengths)
         in_flight: list[tuple[list[int], Any]] = []
-        for indices, rows in encode_ahead(shard, embedder.encode, group):
-            lengths = [len(r) for r in rows]
-            lengths_all.extend(lengths)
-            for batch in pack_batches(lengths, budget, **packing_options(embedder)):
-                if getattr(embedder, "packed", False):
-                    padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
-                else:
-                    padded += padded_tokens(lengths, batch)
-                batches += 1
-                uniform += is_uniform(lengths, batch)
-                handle = embedder.submit([rows[i] for i in batch])
-                in_flight.append(([lo + indices[i] for i in batch], handle))
-                if len(in_flight) > 1:
-                    done, previous = in_flight.pop(0)
-                    out[done] = previous.result().numpy()
+        for batch in pack_batches(lengths, budget, **packing_options(embedder)):
+            if getattr(embedder, "packed", False):
+                padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
+            else:
+                padded += padded_tokens(lengths, batch)
+            batches += 1
+            uniform += is_uniform(lengths, batch)
+            in_flight.append((batch, embedder.submit([rows[i] for i in batch])))
+            if len(in_flight) > 1:
+                done, handle = in_flight.pop(0)
+                out[[lo + i for i in done]] = handle.result().numpy()
         for done, handle in in_flight:
-            out[done] = handle.result().numpy()
+            out[[lo + i for i in done]] = handle.result().numpy()
     sync(device)
     seconds = time.perf_counter() - started
     return out, {

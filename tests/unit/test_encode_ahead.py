@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from virnucpro.pipeline.encode_ahead import encode_ahead, group_size
+from virnucpro.pipeline.encode_ahead import encode_ahead
 
 
 def _encode(seqs: list[str]) -> list[list[int]]:
@@ -33,14 +33,3 @@ def test_one_group_runs_in_this_thread_and_empty_input() -> None:
     assert list(encode_ahead([], _encode, group=4)) == []
     with pytest.raises(ValueError, match="at least 1"):
         list(encode_ahead(seqs, _encode, group=0))
-
-
-def test_group_size_is_a_quarter_shard_within_bounds() -> None:
-    assert group_size(1024, largest=2048, smallest=256) == 256  # 4 groups, 3 tokenised ahead
-    assert group_size(4096, largest=2048, smallest=256) == 1024
-    assert group_size(4097, largest=2048, smallest=256) == 1025
-    assert group_size(100_000, largest=2048, smallest=256) == 2048
-    assert group_size(10, largest=2048, smallest=256) == 256  # one group: encoded at once
-    assert group_size(10, largest=8, smallest=1, parts=2) == 5
-    with pytest.raises(ValueError):
-        group_size(10, largest=1, smallest=2)

@@ -13,19 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["encode_ahead", "group_size"]
-
-
-def group_size(n_sequences: int, largest: int, smallest: int, parts: int = 4) -> int:
-    """Sequences per group for a shard of ``n_sequences``: about ``1/parts`` of it, clamped.
-
-    The first group of a shard is tokenised while the GPU waits, so a shard is cut into at least
-    ``parts`` groups (a 1,024-frame shard in one group left the GPU idle for all its tokenising);
-    ``smallest`` keeps batches big enough to fill the GPU, ``largest`` bounds the idle start.
-    """
-    if not 1 <= smallest <= largest or parts < 1:
-        raise ValueError("need 1 <= smallest <= largest and parts >= 1")
-    return min(largest, max(smallest, -(-n_sequences // parts)))
+__all__ = ["encode_ahead"]
 
 
 def encode_ahead(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro.pipeline.batching import pack_batches, padded_tokens
-from virnucpro.pipeline.encode_ahead import encode_ahead, group_size
+from virnucpro.pipeline.encode_ahead import encode_ahead
 from virnucpro.pipeline.messages import (
     EmbedTask,
     StageEnd,
@@ -41,7 +41,7 @@ from virnucpro.pipeline.messages import (
 from virnucpro.pipeline.shards import nonfinite_rows, read_shard, save_features
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["DNABERT_ENCODE_GROUP", "worker_main", "token_budget"]
+__all__ = ["worker_main", "token_budget"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,9 @@ it then needs no attention mask (SDPA's flash kernel)."""
 _WARMUP_TOKENS = 65536
 _MAX_PADDING = 0.05
 """A batch is closed before it would become more than 5% padding (DNABERT-S lengths spread)."""
-DNABERT_ENCODE_GROUP = (256, 2048)
-"""DNABERT-S shards are tokenised in groups of a quarter shard, 256 to 2,048 sequences, one group
-ahead of the GPU (:func:`~virnucpro.pipeline.encode_ahead.group_size`); ESM-2's encoding is a table
-lookup, done at once."""
+_DNABERT_ENCODE_GROUP = 2048
+"""DNABERT-S shards are tokenised this many sequences at a time, one group ahead of the GPU
+(:mod:`~virnucpro.pipeline.encode_ahead`); ESM-2's encoding is a table lookup, done at once."""
 
 
 def packing_options(embedder: Any) -> dict[str, Any]:
@@ -244,11 +243,7 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        group = (
-            group_size(len(seqs), largest=DNABERT_ENCODE_GROUP[1], smallest=DNABERT_ENCODE_GROUP[0])
-            if task.stage is FeatureStage.DNABERT
-            else None
-        )
+        group = _DNABERT_ENCODE_GROUP if task.stage is FeatureStage.DNABERT else None
         groups = encode_ahead(seqs, embedder.encode, group)  # tokenised once, a group ahead
         encoded: list[Any] = [None] * len(seqs)
         lengths = [0] * len(seqs)

@@ -85,28 +85,3 @@ def test_time_limit_skips_sections(rb, tmp_path: Path) -> None:  # type: ignore[
     sections = json.loads((out / "bench.json").read_text())["sections"]
     assert sections["esm_alone"]["status"] == "skipped"
     assert sections["pipeline"]["status"] == "skipped"
-
-
-def test_run_embedder_tokenising_ahead_gives_the_same_rows(rb) -> None:  # type: ignore[no-untyped-def]
-    import os
-
-    import numpy as np
-    import torch
-
-    from virnucpro.models.dnabert import DnabertConfig, DnabertS
-    from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-    from virnucpro.models.embedders import DnabertEmbedder
-
-    torch.manual_seed(0)
-    model = DnabertS(DnabertConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=1,
-                                   intermediate_size=32)).eval()
-    embedder = DnabertEmbedder(model, DnaTokenizer.from_model_dir(Path(os.devnull)))
-    frames = rb.frames_of(rb.make_sample(40, seed=1), 500)
-    dna = [f.dna for f in frames]
-    upfront, a = measure.run_embedder(embedder, dna, 2048, shard_frames=25)
-    ahead, b = measure.run_embedder(embedder, dna, 2048, shard_frames=25, encode_group=(4, 8))
-    assert a["sequences"] == b["sequences"] == len(dna)
-    assert a["tokens"] == b["tokens"]
-    assert b["batches"] > a["batches"]  # groups of at most 8 sequences batch separately
-    np.testing.assert_allclose(ahead, upfront, rtol=1e-5, atol=1e-6)
-    assert np.abs(upfront).sum(axis=1).min() > 0  # every row written

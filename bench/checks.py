@@ -57,9 +57,13 @@ class CheckSections:
         self.say(f"fp32 reference on {len(frames)} frames in {time.perf_counter() - t:.1f} s")
         del dna32
         candidates: list[tuple[str, Any, Any]] = [
-            ("bf16 (compiled fast path: the pipeline's; bf16 residual + fused GELU)", self.embedders.get("esm_bf16"),
-             self.embedders.get("dnabert_bf16")),
+            ("bf16 (compiled fast path: the pipeline's; ESM-2 bf16 residual + fused GELU, DNABERT-S "
+             "bf16 residual)", self.embedders.get("esm_bf16"), self.embedders.get("dnabert_bf16")),
         ]
+        if self.on_gpu:
+            candidates.append(("bf16, DNABERT-S with the fp32 residual stream (eager)",
+                               self.embedders.get("esm_bf16"),
+                               DnabertEmbedder(m.dnabert, m.tokenizer, fast=True, compile=False)))
         esm_options = (("none (fp32 residual, erf GELU: the exact function in bf16)", {}),
                        ("bf16 residual only", {"residual_dtype": torch.bfloat16}),
                        ("fused bias+GELU only (tanh GELU)", {"fused_gelu": True}))

@@ -48,6 +48,7 @@ __all__ = [
     "PendingEmbedding",
     "load_dnabert_embedder",
     "load_esm2_embedder",
+    "dnabert_fast_options",
     "esm_fast_options",
     "ESM_MAX_RESIDUES",
 ]
@@ -190,6 +191,7 @@ class DnabertEmbedder:
         fast: bool | None = None,
         compile: bool | None = None,
         attention_dtype: torch.dtype | None = None,
+        residual_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -200,7 +202,10 @@ class DnabertEmbedder:
         if _use_fast(self.device, fast):
             if compile is None:
                 compile = compile_default(self.device, self.dtype)
-            self.runner = FastDnabert(model, compile=compile, attention_dtype=attention_dtype)
+            self.runner = FastDnabert(
+                model, compile=compile, attention_dtype=attention_dtype,
+                residual_dtype=residual_dtype,
+            )  # fmt: skip
 
     packed = False
     """DNABERT-S batches are padded: its ALiBi bias needs flash's ``alibi_slopes``, which torch's
@@ -364,9 +369,12 @@ def load_dnabert_embedder(
     """Load DNABERT-S from its directory onto ``device`` at ``precision``.
 
     ``compile``: None = compile on CUDA in bf16/fp16 (see :func:`fast_path.compile_default`).
+    On CUDA the fast path's options follow the precision (:func:`dnabert_fast_options`).
     """
-    model, tokenizer = load_dnabert(Path(path), torch.device(device), torch_dtype(precision))
-    return DnabertEmbedder(model, tokenizer, compile=compile)
+    device = torch.device(device)
+    model, tokenizer = load_dnabert(Path(path), device, torch_dtype(precision))
+    options = dnabert_fast_options(precision) if device.type == "cuda" else {}
+    return DnabertEmbedder(model, tokenizer, compile=compile, **options)
 
 
 def load_esm2_embedder(
@@ -384,6 +392,18 @@ def load_esm2_embedder(
     model = load_esm2(Path(path), device, torch_dtype(precision))
     options = esm_fast_options(precision) if device.type == "cuda" else {}
     return Esm2Embedder(model, compile=compile, **options)
+
+
+def dnabert_fast_options(precision: Precision) -> dict[str, object]:
+    """The DNABERT-S fast path's settings for a precision (measured in ``docs/benchmarks.md``).
+
+    - fp32 (the GPU default) and fp16: the plain module's fp32 residual stream and layer norms.
+    - bf16: residual stream and layer norms in bf16 (as ESM-2's bf16 option); agreement with
+      fp32 reported by the benchmark and by ``virnucpro validate-precision``.
+    """
+    if precision is Precision.BF16:
+        return {"residual_dtype": torch.bfloat16}
+    return {}
 
 
 def esm_fast_options(precision: Precision) -> dict[str, object]:

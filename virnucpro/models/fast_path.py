@@ -16,7 +16,10 @@ What changes against the plain modules (which stay the CPU / fp32 reference):
 - No host synchronisation inside a forward: whether a batch needs an attention mask is decided on
   the host from the sequence lengths (equal lengths: no mask, so SDPA can use its flash kernel).
 - DNABERT-S: in bf16/fp16 the attention runs in the compute dtype with the ALiBi + padding bias
-  in that dtype (the plain module keeps attention in fp32); in fp32 nothing changes.
+  in that dtype (the plain module keeps attention in fp32); in fp32 nothing changes. The bias is
+  built once per batch in 16-aligned storage and attention is an op opaque to inductor
+  (:mod:`~virnucpro.models.alibi_attention`), so no layer copies the bias. Optional
+  ``residual_dtype`` as for ESM-2.
 - Optional ``residual_dtype``: the ESM-2 residual stream in the compute dtype instead of fp32
   (halves the bytes of every element-wise pass; agreement measured by the benchmark).
 - ESM-2 packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see
@@ -42,6 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.models.add_norm import add_layer_norm
+from virnucpro.models.alibi_attention import (
+    aligned_bias,
+    alibi_attention,
+    register_alibi_attention,
+)
 from virnucpro.models.dnabert import DnabertS
 from virnucpro.models.esm2 import Esm2Encoder
 from virnucpro.models.packing import PackedBatch, pool_packed, varlen_attention
@@ -448,27 +456,32 @@ def dnabert_layer(
 ) -> torch.Tensor:
     """One DNABERT-S layer (post-LN, ALiBi attention via ``bias``, GEGLU) on ``x [B, T, H]``.
 
-    Attention runs in ``bias``'s dtype (fp32 = the plain module; bf16/fp16 = fast).
+    Attention runs in ``bias``'s dtype (fp32 = the plain module; bf16/fp16 = fast), through
+    :func:`~virnucpro.models.alibi_attention.alibi_attention` (give it an
+    :func:`~virnucpro.models.alibi_attention.aligned_bias`). The residual stream keeps ``x``'s
+    dtype (fp32 from the plain module's fp32 embeddings; see ``FastDnabert(residual_dtype=)``), and
+    the layer norm parameters must be in that dtype.
     """
     batch, length, hidden = x.shape
     compute = wqkv.dtype
     qkv = F.linear(x.to(compute), wqkv, bqkv).to(bias.dtype)
     qkv = qkv.view(batch, length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    context = context.transpose(1, 2).reshape(batch, length, hidden).to(compute)
-    x = F.layer_norm(F.linear(context, wd, bd) + x, (hidden,), ln1_w, ln1_b, eps)
+    context = alibi_attention(q, k, v, bias).reshape(batch, length, hidden).to(compute)
+    x = F.layer_norm(F.linear(context, wd, bd).to(x.dtype) + x, (hidden,), ln1_w, ln1_b, eps)
     h = F.linear(x.to(compute), wg)
     inter = h.shape[-1] // 2
     h = F.gelu(h[..., :inter]) * h[..., inter:]
-    return F.layer_norm(F.linear(h, wo, bo) + x, (hidden,), ln2_w, ln2_b, eps)
+    return F.layer_norm(F.linear(h, wo, bo).to(x.dtype) + x, (hidden,), ln2_w, ln2_b, eps)
 
 
 class FastDnabert:
-    """DNABERT-S forward for throughput: ``forward(input_ids, lengths)`` -> ``[B, T, H]`` fp32.
+    """DNABERT-S forward for throughput: ``forward(input_ids, lengths)`` -> ``[B, T, H]``.
 
-    ``attention_dtype`` defaults to the compute dtype (fp32 stays fp32). Padded rows are zeroed
-    as in :class:`DnabertS`.
+    ``attention_dtype`` defaults to the compute dtype (fp32 stays fp32). ``residual_dtype``:
+    None keeps the plain module's fp32 residual stream and layer norms; ``torch.bfloat16`` runs
+    them in bf16 (the layer norms still accumulate in fp32 inside the kernel), which halves the
+    bytes of every element-wise pass. Padded rows are zeroed as in :class:`DnabertS`.
     """
 
     def __init__(
@@ -478,6 +491,7 @@ class FastDnabert:
         compile: bool = False,
         backend: str = "inductor",
         attention_dtype: torch.dtype | None = None,
+        residual_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -485,19 +499,26 @@ class FastDnabert:
         self.dtype = first.attention.self.Wqkv.weight.dtype
         self.device = first.attention.self.Wqkv.weight.device
         self.attention_dtype = attention_dtype or self.dtype
+        self.residual_dtype = residual_dtype
         self.heads = model.config.num_attention_heads
         self.eps = float(model.config.layer_norm_eps)
+
+        def norm(t: torch.Tensor) -> torch.Tensor:  # layer norm parameters in the residual dtype
+            return t if residual_dtype is None else t.detach().to(residual_dtype)
+
         self.layer_args = [
             (
                 layer.attention.self.Wqkv.weight, layer.attention.self.Wqkv.bias,
                 layer.attention.output.dense.weight, layer.attention.output.dense.bias,
-                layer.attention.output.LayerNorm.weight, layer.attention.output.LayerNorm.bias,
+                norm(layer.attention.output.LayerNorm.weight),
+                norm(layer.attention.output.LayerNorm.bias),
                 layer.mlp.gated_layers.weight, layer.mlp.wo.weight, layer.mlp.wo.bias,
-                layer.mlp.layernorm.weight, layer.mlp.layernorm.bias,
+                norm(layer.mlp.layernorm.weight), norm(layer.mlp.layernorm.bias),
             )  # fmt: skip
             for layer in model.encoder.layer
         ]
         use_flash_and_efficient_attention(self.device)
+        self.attention_op = register_alibi_attention()
         self.layer = CompiledFunction(
             dnabert_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 2, 3)}
         )
@@ -513,8 +534,12 @@ class FastDnabert:
     def forward(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """``keep [B, T]`` bool (True on real tokens)."""
         with torch.no_grad():
-            bias = self.model.attention_bias(keep.to(torch.long)).to(self.attention_dtype)
+            bias = aligned_bias(
+                self.model.attention_bias(keep.to(torch.long)).to(self.attention_dtype)
+            )
             x = self.model.embeddings(input_ids)
+            if self.residual_dtype is not None:
+                x = x.to(self.residual_dtype)
             for args in self.layer_args:
                 x = self.layer(x, bias, *args, self.heads, self.eps)
             return x.masked_fill(~keep[..., None], 0.0)

@@ -17,6 +17,7 @@ import torch
 from virnucpro.config import Precision
 from virnucpro.models.dnabert import load_dnabert
 from virnucpro.models.embedders import (
+    dnabert_fast_options,
     DnabertEmbedder,
     Esm2Embedder,
     load_dnabert_embedder,
@@ -181,6 +182,32 @@ def test_fast_dnabert_bf16_attention_agrees(demo_dnabert_dir: Path) -> None:
     assert float(cos.min()) > 0.999
 
 
+def test_fast_dnabert_bf16_residual_option(demo_dnabert_dir: Path) -> None:
+    assert dnabert_fast_options(Precision.BF16) == {"residual_dtype": torch.bfloat16}
+    assert dnabert_fast_options(Precision.FP32) == dnabert_fast_options(Precision.FP16) == {}
+    model, tokenizer = load_dnabert(demo_dnabert_dir, CPU, torch.bfloat16)
+    plain = DnabertEmbedder(model, tokenizer, fast=False).embed(DNA)  # fp32 residual stream
+    fast = DnabertEmbedder(model, tokenizer, fast=True, compile=False, residual_dtype=torch.bfloat16)
+    assert fast.runner.residual_dtype == torch.bfloat16
+    hidden = fast.runner(*_dnabert_batch(fast, DNA))
+    assert hidden.dtype == torch.bfloat16  # the residual stream really is bf16
+    got = fast.embed(DNA)
+    assert got.dtype == torch.float32  # pooled and returned in fp32
+    cos = torch.nn.functional.cosine_similarity(plain, got)
+    assert float(cos.min()) > 0.999
+    assert not torch.equal(plain, got)
+
+
+def _dnabert_batch(embedder: DnabertEmbedder, dna: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = embedder.encode(dna)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), embedder.tokenizer.pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    keep = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    return ids, keep
+
+
 def test_submit_is_asynchronous_api_and_empty_batches(demo_esm_checkpoint: Path, demo_dnabert_dir: Path) -> None:
     esm = load_esm2_embedder(demo_esm_checkpoint, CPU)
     rows = esm.encode(PROTEINS)
@@ -238,3 +265,34 @@ def test_gpu_compiled_bf16_agrees_with_fp32(demo_esm_checkpoint: Path, demo_dnab
         assert fast.runner.layer.failed is None
         cos = torch.nn.functional.cosine_similarity(ref, got)
         assert float(cos.min()) > 0.99
+
+
+@gpu
+def test_gpu_compiled_dnabert_pads_no_bias_per_layer() -> None:
+    # SDPA's memory-efficient kernel pads a bias whose rows are not 16-aligned, inside compiled
+    # graphs too; the aligned bias + opaque attention op must leave no pad kernel in a batch of
+    # odd length. Head size 64 as the real model, so that kernel is the one chosen.
+    from torch.profiler import ProfilerActivity, profile
+
+    from virnucpro.models.dnabert import DnabertConfig, build_random_dnabert
+    from virnucpro.models.dnabert_tokenizer import DnaTokenizer
+
+    cuda = torch.device("cuda")
+    config = DnabertConfig(hidden_size=128, num_attention_heads=2, num_hidden_layers=2,
+                           intermediate_size=256)
+    model = build_random_dnabert(config, cuda, torch.bfloat16)
+    tokenizer = DnaTokenizer.from_model_dir(Path("/nonexistent"))
+    embedder = DnabertEmbedder(model, tokenizer, **dnabert_fast_options(Precision.BF16))
+    assert embedder.runner.layer.enabled and embedder.runner.attention_op
+    ids, keep = _dnabert_batch(embedder, ["ACGTTGCAGT" * 9 + "A", "GATTACA" * 5] * 40)
+    assert ids.shape[1] % 16 != 0
+    ids, keep = ids.to(cuda), keep.to(cuda)
+    embedder.runner(ids, keep)  # compile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        embedder.runner(ids, keep)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    assert embedder.runner.layer.failed is None
+    assert any("fmha" in n or "Attention" in n for n in names), names
+    assert not any("constant_pad" in n for n in names), names

@@ -372,7 +372,8 @@ class Bench(StageSections, CheckSections, PipelineSections):
             ("pipeline_batch", self.pipeline_batch, 60),
             ("precision", self.precision, 25),
             ("baseline", self.baseline, 25),
-            ("persistent_vs_standard", self.persistent_vs_standard, 60),
+            # measured (E2): pool start 16 s, then per sample ~5 s persistent + ~43 s standard
+            ("persistent_vs_standard", self.persistent_vs_standard, 20 + 50 * a.n_samples),
         ]
         only = set(a.sections.split(",")) if a.sections else None
         needs = {  # sections a section needs first
@@ -404,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-chunks", type=int, default=20000, help="500-bp chunks in the main sample")
     p.add_argument("--small-chunks", type=int, default=1000,
                    help="chunks per sample for persistent vs standard")
-    p.add_argument("--n-samples", type=int, default=3, help="samples in a row (persistent vs standard)")
+    p.add_argument("--n-samples", type=int, default=5, help="samples in a row (persistent vs standard)")
     p.add_argument("--batch-samples", type=int, default=3,
                    help="samples in a row for the batch throughput (one persistent pool)")
     p.add_argument("--batch-chunks", type=int, default=4000, help="500-bp chunks per batch sample")

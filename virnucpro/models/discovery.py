@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from virnucpro.domain.checksums import sha256_file
+from virnucpro.domain.checksums import sha256_file_unchanged
 from virnucpro.errors import ModelNotFoundError
 from virnucpro.models.dnabert import WEIGHT_FILES
 from virnucpro.models.dnabert_tokenizer import tokenizer_path
@@ -83,8 +83,9 @@ class ModelLocation:
         return tokenizer_path(self.path)[0] if self.kind == "dnabert" else None
 
     def sha256(self) -> str:
-        """SHA-256 of :attr:`weights_file` (computed on request: the ESM-2 file is 5.7 GB)."""
-        return sha256_file(self.weights_file)
+        """SHA-256 of :attr:`weights_file` (computed on request: the ESM-2 file is 5.7 GB; once
+        per process while the file is unchanged, see :func:`sha256_file_unchanged`)."""
+        return sha256_file_unchanged(self.weights_file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,9 @@ def _codon_amino_acids(strand: str) -> bytes:
     """Byte ``i`` is the amino acid of the codon at base ``i`` (``-`` if dropped); length L − 2."""
     if len(strand) < 3:
         return b""
-    codes = _BASE_CODE[np.frombuffer(strand.encode("ascii"), dtype=np.uint8)].astype(np.uint8)
+    # one byte per character ("?" for a non-ASCII one: not A/C/G/T, so its codons are dropped)
+    raw = strand.encode("ascii", errors="replace")
+    codes = _BASE_CODE[np.frombuffer(raw, dtype=np.uint8)].astype(np.uint8)
     index = codes[:-2] * np.uint8(25) + codes[1:-1] * np.uint8(5) + codes[2:]
     return _AMINO_BY_CODON[index].tobytes()
 
@@ -67,7 +69,8 @@ def records_chunk_frames(
     """Per ``(record_id, sequence)``: every chunk with its kept frames, in chunk then F1..R3 order.
 
     Same chunks (case preserved) and frames as ``chunk_sequence`` followed by ``six_frames`` per
-    chunk. Sequences must be ASCII (the FASTA reader guarantees it). The records' strands are
+    chunk (the FASTA reader gives ASCII; any other character is an ambiguous letter here, as
+    there). The records' strands are
     translated together (one numpy pass per strand for the whole batch: numpy's per-call cost,
     not the bases, dominates single records of a few kbp); a codon is never read across two
     records because every slice stops 2 bases before its chunk's end.

@@ -86,3 +86,8 @@ def test_a_reader_error_surfaces_through_iter_frames() -> None:
     frames = iter_frames(records(), 500)
     with pytest.raises(RuntimeError, match="after the first record"):
         next(frames)
+
+
+def test_a_non_ascii_letter_is_an_ambiguous_base_as_in_the_reference() -> None:
+    sequence = "GCTGCTGÇTGCTGCTAAAGCTGCT" * 3
+    assert record_chunk_frames("r", sequence, 30) == _reference("r", sequence, 30)

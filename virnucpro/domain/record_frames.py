@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from virnucpro.domain.chunking import chunk_starts
+from virnucpro.domain.chunking import chunk_sequence, chunk_starts
 from virnucpro.domain.records import Chunk, Frame, Strand
-from virnucpro.domain.translation import CODON_TABLE, STOP, reverse_complement
+from virnucpro.domain.translation import CODON_TABLE, STOP, reverse_complement, six_frames
 
 __all__ = ["record_chunk_frames", "records_chunk_frames"]
 
@@ -46,12 +46,13 @@ _DROPPED_BYTE = bytes([_DROPPED])
 
 
 def _codon_amino_acids(strand: str) -> bytes:
-    """Byte ``i`` is the amino acid of the codon at base ``i`` (``-`` if dropped); length L − 2."""
+    """Byte ``i`` is the amino acid of the codon at base ``i`` (``-`` if dropped); length L − 2.
+
+    ``strand`` is ASCII (one byte per base).
+    """
     if len(strand) < 3:
         return b""
-    # one byte per character ("?" for a non-ASCII one: not A/C/G/T, so its codons are dropped)
-    raw = strand.encode("ascii", errors="replace")
-    codes = _BASE_CODE[np.frombuffer(raw, dtype=np.uint8)].astype(np.uint8)
+    codes = _BASE_CODE[np.frombuffer(strand.encode("ascii"), dtype=np.uint8)].astype(np.uint8)
     index = codes[:-2] * np.uint8(25) + codes[1:-1] * np.uint8(5) + codes[2:]
     return _AMINO_BY_CODON[index].tobytes()
 
@@ -69,19 +70,28 @@ def records_chunk_frames(
     """Per ``(record_id, sequence)``: every chunk with its kept frames, in chunk then F1..R3 order.
 
     Same chunks (case preserved) and frames as ``chunk_sequence`` followed by ``six_frames`` per
-    chunk (the FASTA reader gives ASCII; any other character is an ambiguous letter here, as
-    there). The records' strands are
-    translated together (one numpy pass per strand for the whole batch: numpy's per-call cost,
-    not the bases, dominates single records of a few kbp); a codon is never read across two
-    records because every slice stops 2 bases before its chunk's end.
+    chunk. The ASCII records' strands are translated together (one numpy pass per strand for the
+    whole batch: numpy's per-call cost, not the bases, dominates single records of a few kbp); a
+    codon is never read across two records because every slice stops 2 bases before its chunk's
+    end. A record with a non-ASCII character (the FASTA reader never gives one; upper-casing may
+    change its length) goes through the chunk-by-chunk reference instead.
     """
-    forwards = [sequence.upper() for _, sequence in records]
+    ascii_records = [(rid, seq) for rid, seq in records if seq.isascii()]
+    forwards = [sequence.upper() for _, sequence in ascii_records]
     reverses = [reverse_complement(forward) for forward in forwards]
     amino_forward = _codon_amino_acids("".join(forwards))
     amino_reverse = _codon_amino_acids("".join(reverses))
+    strands = iter(zip(forwards, reverses, strict=True))
     result: list[list[tuple[Chunk, tuple[Frame, ...]]]] = []
     at = 0
-    for (record_id, sequence), forward, reverse in zip(records, forwards, reverses, strict=True):
+    for record_id, sequence in records:
+        if not sequence.isascii():
+            result.append([
+                (chunk, tuple(six_frames(chunk)))
+                for chunk in chunk_sequence(record_id, sequence, chunk_length)
+            ])
+            continue
+        forward, reverse = next(strands)
         result.append(
             _chunks_of(record_id, sequence, forward, reverse, chunk_length,
                        amino_forward, amino_reverse, at)

@@ -518,7 +518,7 @@ class FastDnabert:
             for layer in model.encoder.layer
         ]
         use_flash_and_efficient_attention(self.device)
-        self.attention_op = register_alibi_attention()
+        self.opaque_attention = register_alibi_attention()  # False: plain SDPA (see the module)
         self.layer = CompiledFunction(
             dnabert_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 2, 3)}
         )

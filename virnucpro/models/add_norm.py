@@ -30,11 +30,14 @@ _BROKEN: list[str] = []  # set once a launch failed: every later call uses the r
 
 def add_layer_norm_reference(
     x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-    out_dtype: torch.dtype,
+    out_dtype: torch.dtype, *, store_sum: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x + y`` (in ``x``'s dtype, written into ``x``) and its layer norm in ``out_dtype``."""
-    x.copy_((x + y).to(x.dtype))
-    h = F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
+    """``x + y`` (in ``x``'s dtype, written into ``x`` unless ``store_sum`` is False: a post-LN
+    layer only needs the norm) and its layer norm in ``out_dtype``."""
+    total = (x + y).to(x.dtype)
+    if store_sum:
+        x.copy_(total)
+    h = F.layer_norm(total.float(), (x.shape[-1],), weight.float(), bias.float(), eps)
     return x, h.to(out_dtype)
 
 
@@ -56,7 +59,8 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, h_ptr, n_cols, eps, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+    def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, h_ptr, n_cols, eps, BLOCK: tl.constexpr,  # type: ignore[no-untyped-def]
+                 STORE_SUM: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -64,7 +68,8 @@ def _kernel() -> Any:
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         total = (x + y).to(x_ptr.dtype.element_ty)
-        tl.store(x_ptr + offsets, total, mask=mask)
+        if STORE_SUM:
+            tl.store(x_ptr + offsets, total, mask=mask)
         value = total.to(tl.float32)
         mean = tl.sum(value, axis=0) / n_cols
         centered = tl.where(mask, value - mean, 0.0)
@@ -79,7 +84,7 @@ def _kernel() -> Any:
 
 def add_layer_norm(
     x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-    out_dtype: torch.dtype,
+    out_dtype: torch.dtype, *, store_sum: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`add_layer_norm_reference`, one pass on CUDA (Triton) for contiguous ``[N, D]``."""
     usable = (
@@ -93,7 +98,7 @@ def add_layer_norm(
         and triton_add_norm_available()
     )
     if not usable:
-        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype)
+        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
     import triton
 
     rows, cols = x.shape
@@ -101,11 +106,12 @@ def add_layer_norm(
     block = triton.next_power_of_2(cols)
     warps = 8 if block >= 2048 else 4 if block >= 512 else 2
     try:
-        _kernel()[(rows,)](x, y, weight, bias, h, cols, eps, BLOCK=block, num_warps=warps)
+        _kernel()[(rows,)](x, y, weight, bias, h, cols, eps, BLOCK=block, num_warps=warps,
+                           STORE_SUM=store_sum)
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:  # a Triton that cannot build the kernel: same function in PyTorch
         _BROKEN.append(f"{type(exc).__name__}: {exc}")
         logger.warning("Triton add+norm kernel failed (%s); using PyTorch", _BROKEN[0].splitlines()[0][:300])
-        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype)
+        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
     return x, h

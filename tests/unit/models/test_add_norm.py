@@ -34,6 +34,15 @@ def test_reference_adds_in_place_and_normalises_in_fp32(residual: torch.dtype) -
     assert add_layer_norm(x.clone(), y, w, b, 1e-5, torch.float32)[1].dtype == torch.float32  # CPU: reference
 
 
+def test_reference_without_storing_the_sum_leaves_x_alone() -> None:
+    x, y, w, b = _inputs(5, 40, torch.bfloat16)
+    before = x.clone()
+    _, stored = add_layer_norm_reference(x.clone(), y, w, b, 1e-5, torch.bfloat16)
+    out, h = add_layer_norm_reference(x, y, w, b, 1e-5, torch.bfloat16, store_sum=False)
+    assert out is x and torch.equal(x, before)  # post-LN callers only need the norm
+    assert torch.equal(h, stored)
+
+
 def test_triton_is_not_claimed_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -55,3 +64,14 @@ def test_gpu_triton_matches_reference(cols: int, residual: torch.dtype, out_dtyp
     # fp32: rounding of the sums; bf16 output: at most one unit in the last place (2^-7 relative)
     rtol = 1e-5 if out_dtype == torch.float32 else 2**-7
     torch.testing.assert_close(h_got.float(), h_ref.float(), rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.gpu
+@_needs_cuda
+def test_gpu_triton_without_storing_the_sum() -> None:
+    x, y, w, b = _inputs(1031, 768, torch.bfloat16, "cuda")
+    before = x.clone()
+    _, h_ref = add_layer_norm_reference(x.clone(), y, w, b, 1e-5, torch.bfloat16)
+    _, h_got = add_layer_norm(x, y, w, b, 1e-5, torch.bfloat16, store_sum=False)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(h_got.float(), h_ref.float(), rtol=2**-7, atol=1e-5)

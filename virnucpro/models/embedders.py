@@ -19,9 +19,9 @@ while it prepares the next, so the GPU never waits for the host between batches.
 On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast_path` (fused q/k/v,
 compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
 lengths); on the CPU they run the plain modules, which are the fp32 reference. In bf16/fp16 on
-CUDA, ESM-2 batches run packed (no padding): at load time the packed path is checked against the
-plain module on a few proteins, and any disagreement or failure turns packing off for good, with
-a warning, in favour of the padded path (``Esm2Embedder.packing`` says which ran and why).
+CUDA, batches of both models run packed (no padding): at load time the packed path is checked
+against the plain module on a few sequences, and any disagreement or failure turns packing off for
+good, with a warning, in favour of the padded path (``.packing`` says which ran and why).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from virnucpro.config import Precision
+from virnucpro.models.alibi_varlen import triton_alibi_available
 from virnucpro.models.dnabert import DnabertS, load_dnabert
 from virnucpro.models.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.esm2 import Esm2Encoder, load_esm2
@@ -119,6 +120,26 @@ def _use_fast(device: torch.device, fast: bool | None) -> bool:
     return device.type == "cuda" if fast is None else fast
 
 
+def _use_packed_dnabert(runner: FastDnabert | None, packed: bool | None) -> bool:
+    """Packed by default where the Triton ALiBi kernel runs (CUDA, bf16/fp16, head size a power
+    of two of 16–128; DNABERT-S: 64) and attention runs in the compute dtype."""
+    if runner is None:
+        return False
+    if packed is None:
+        head_dim = runner.config.hidden_size // runner.heads
+        return (
+            runner.device.type == "cuda"
+            and runner.dtype in (torch.bfloat16, torch.float16)
+            and runner.packable
+            and head_dim in (16, 32, 64, 128)
+            and triton_alibi_available()
+        )
+    if packed and not runner.packable:
+        raise ValueError("packed DNABERT-S batches run attention in the compute dtype; "
+                         "leave attention_dtype unset or use padded batches")
+    return packed
+
+
 def _use_packed(runner: FastEsm2 | None, packed: bool | None) -> bool:
     """Packed by default where flash's variable-length kernel runs: CUDA, bf16/fp16, head
     size a multiple of 8 (ESM-2 3B: 64)."""
@@ -143,8 +164,9 @@ class _PackedMode:
     why (``failed``); the padded path computes the same function.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, pool_ends: bool = False) -> None:
         self.enabled = enabled
+        self.pool_ends = pool_ends  # DNABERT-S averages [CLS]/[SEP] too (see pack_rows)
         self.failed: str | None = None
         self.check_cosine: float | None = None
 
@@ -154,7 +176,7 @@ class _PackedMode:
         if not self.enabled:
             return None
         try:
-            return embed(pack_rows(rows, device))
+            return embed(pack_rows(rows, device, pool_ends=self.pool_ends))
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as exc:
@@ -192,6 +214,7 @@ class DnabertEmbedder:
         compile: bool | None = None,
         attention_dtype: torch.dtype | None = None,
         residual_dtype: torch.dtype | None = None,
+        packed: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -206,11 +229,13 @@ class DnabertEmbedder:
                 model, compile=compile, attention_dtype=attention_dtype,
                 residual_dtype=residual_dtype,
             )  # fmt: skip
+        self.packing = _PackedMode(_use_packed_dnabert(self.runner, packed), pool_ends=True)
 
-    packed = False
-    """DNABERT-S batches are padded: its ALiBi bias needs flash's ``alibi_slopes``, which torch's
-    flash build does not support (measured on torch 2.11: "This flash attention build does not
-    support alibi")."""
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (no padding, ALiBi inside a Triton kernel: see
+        :mod:`virnucpro.models.alibi_varlen`); padded batches with the bias tensor otherwise."""
+        return self.packing.enabled
 
     @property
     def dim(self) -> int:
@@ -228,15 +253,22 @@ class DnabertEmbedder:
         """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
         if not rows:
             return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
+        if self.runner is not None:
+            mean = self.packing.run(rows, self.device, self.runner.embed_packed)
+            if mean is not None:
+                return _finish(mean)
+        return _finish(self._padded(rows, self.runner))
+
+    def _padded(self, rows: Sequence[Sequence[int]], runner: FastDnabert | None) -> torch.Tensor:
         ids = _pad(rows, self.tokenizer.pad_id, self.device)
         lengths = _to_device([len(r) for r in rows], self.device)
         keep = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
-        with _grad_off(self.runner):
-            if self.runner is not None:
-                hidden = self.runner(ids, keep)
+        with _grad_off(runner):
+            if runner is not None:
+                hidden = runner(ids, keep)
             else:
                 hidden = self.model(ids, keep.to(torch.long))
-            return _finish(_masked_mean(hidden, keep))
+            return _masked_mean(hidden, keep)
 
     def embed(self, sequences: list[str]) -> torch.Tensor:
         """Mean over all tokens (``[CLS]``/``[SEP]`` included) of the last hidden state."""
@@ -252,6 +284,13 @@ class DnabertEmbedder:
         n = max(2, max_tokens // 112)
         seqs = ["".join(rng.choice(list("ACGT"), size=int(rng.integers(480, 500)))) for _ in range(n)]
         self.embed(seqs)
+        self.check_packed(seqs[:3] + [seqs[3 % n][:40], seqs[4 % n][:300]])
+
+    def check_packed(self, sequences: list[str]) -> None:
+        """Packed path against the plain module on ``sequences``; packing off if they disagree."""
+        if self.packed:
+            rows = self.encode(sequences)
+            self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
 
 
 class Esm2Embedder:

@@ -116,7 +116,7 @@ def test_packed_embedder_equals_padded_and_compiles(demo_esm_checkpoint: Path, d
     assert all(fn.failed is None for fn in packed.runner.compiled_functions)
     assert packed.runner.packed_rotary.calls == esm.spec.num_layers
     dna = load_dnabert_embedder(demo_dnabert_dir, CPU)
-    assert not dna.packed  # DNABERT-S stays padded (ALiBi)
+    assert not dna.packed  # the CPU default: padded (fp32 reference)
 
 
 def test_packed_failure_falls_back_to_padded(

@@ -1,0 +1,178 @@
+"""Packed DNABERT-S batches: ALiBi attention over each sequence's own tokens (no bias tensor, no
+padding) and the packed encoder computing the padded encoder's function. CPU tests use the
+reference attention (one SDPA call per sequence); ``gpu`` tests hold the Triton kernel to it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnucpro.config import Precision
+from virnucpro.models.alibi_varlen import (
+    alibi_varlen_attention,
+    alibi_varlen_reference,
+    alibi_varlen_usable,
+)
+from virnucpro.models.dnabert import DnabertConfig, alibi_slopes, build_random_dnabert, load_dnabert
+from virnucpro.models.dnabert_tokenizer import DnaTokenizer
+from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options, load_dnabert_embedder
+from virnucpro.models.fast_path import FastDnabert
+from virnucpro.models.packing import pack_rows, pool_packed
+
+CPU = torch.device("cpu")
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DNA = ["ACGTTGCAGTACGATCGATCGGATTACA" * 3, "GATTACA", "TTTTTGGGGGCCCCCAAAAA" * 6, "ACGTN" * 11]
+
+
+def gpu(test):  # type: ignore[no-untyped-def]
+    return pytest.mark.gpu(_needs_cuda(test))
+
+
+def _padded_attention(qkv: torch.Tensor, lengths: list[int], heads: int) -> torch.Tensor:
+    """The padded module's attention (its own bias builder) on the same q/k/v, repacked."""
+    config = DnabertConfig(hidden_size=heads * qkv.shape[-1], num_attention_heads=heads,
+                           num_hidden_layers=1, intermediate_size=8)
+    model = build_random_dnabert(config, CPU, torch.float32)
+    width = max(lengths)
+    padded = qkv.new_zeros((len(lengths), width, 3, heads, qkv.shape[-1]))
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    start = 0
+    for i, n in enumerate(lengths):
+        padded[i, :n] = qkv[start : start + n]
+        mask[i, :n] = 1
+        start += n
+    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=model.attention_bias(mask))
+    return torch.cat([ctx[i, :, :n].transpose(0, 1) for i, n in enumerate(lengths)])
+
+
+def test_pack_rows_pool_ends_counts_every_token() -> None:
+    batch = pack_rows([[5, 6, 7], [9]], CPU, pool_ends=True)
+    assert batch.counts.tolist() == [3.0, 1.0]
+    assert batch.gather.tolist() == [[0, 1, 2], [3, 4, 4]]  # 4 = the zero row
+    hidden = torch.arange(8, dtype=torch.float32).view(4, 2)
+    assert torch.equal(pool_packed(hidden, batch), torch.stack([hidden[:3].mean(0), hidden[3]]))
+    with pytest.raises(ValueError, match="token to average"):
+        pack_rows([[1], []], CPU, pool_ends=True)
+
+
+def test_reference_is_the_padded_modules_alibi_attention() -> None:
+    torch.manual_seed(0)
+    lengths, heads, head = [7, 1, 12, 3], 12, 4
+    qkv = torch.randn(sum(lengths), 3, heads, head)
+    batch = pack_rows([[1] * n for n in lengths], CPU, pool_ends=True)
+    slopes = torch.tensor(alibi_slopes(heads))
+    got = alibi_varlen_reference(qkv, batch, slopes, head**-0.5)
+    torch.testing.assert_close(got, _padded_attention(qkv, lengths, heads))
+    assert not alibi_varlen_usable(qkv)  # CPU: the reference is what runs
+    torch.testing.assert_close(alibi_varlen_attention(qkv, batch, slopes, head**-0.5), got)
+
+
+def test_packed_forward_equals_padded_fp32(demo_dnabert_dir: Path) -> None:
+    model, tokenizer = load_dnabert(demo_dnabert_dir, CPU, torch.float32)
+    fast = FastDnabert(model)
+    rows = tokenizer.encode_batch(DNA)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    keep = ids.ne(tokenizer.pad_id)
+    expected = fast(ids, keep)
+    batch = pack_rows(rows, CPU, pool_ends=True)
+    got = fast.forward_packed(batch)
+    for i, (lo, hi) in enumerate(zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())):
+        assert float((got[lo:hi] - expected[i, : hi - lo]).abs().max()) < 1e-5
+
+
+def test_packed_embedder_equals_padded_and_compiles(demo_dnabert_dir: Path) -> None:
+    model, tokenizer = load_dnabert(demo_dnabert_dir, CPU, torch.float32)
+    padded = DnabertEmbedder(model, tokenizer, fast=True, compile=False)
+    assert not padded.packed  # the CPU default: padded (fp32 reference)
+    packed = DnabertEmbedder(model, tokenizer, fast=True, compile=True, packed=True)
+    for fn in packed.runner.compiled_functions:
+        fn.backend = "aot_eager"
+    assert torch.allclose(packed.embed(DNA), padded.embed(DNA), atol=1e-5)
+    assert packed.packed and all(fn.failed is None for fn in packed.runner.compiled_functions)
+    assert packed.runner.packed_geglu.calls == model.config.num_hidden_layers
+    assert packed.runner.layer.calls == 0  # the padded layer never ran
+
+
+def test_packed_bf16_options_agree_with_the_plain_module(demo_dnabert_dir: Path) -> None:
+    model, tokenizer = load_dnabert(demo_dnabert_dir, CPU, torch.bfloat16)
+    reference = DnabertEmbedder(model, tokenizer, fast=False).embed(DNA)
+    for precision in (Precision.BF16, Precision.FP16):
+        options = dnabert_fast_options(precision)
+        embedder = DnabertEmbedder(model, tokenizer, fast=True, compile=False, packed=True, **options)
+        got = embedder.embed(DNA)
+        assert embedder.packed and float(F.cosine_similarity(got, reference).min()) > 0.999, options
+    with pytest.raises(ValueError, match="attention in the compute dtype"):
+        DnabertEmbedder(model, tokenizer, fast=True, packed=True, attention_dtype=torch.float32)
+
+
+def test_packed_failure_and_self_check_fall_back_to_padded(
+    demo_dnabert_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, tokenizer = load_dnabert(demo_dnabert_dir, CPU, torch.float32)
+    embedder = DnabertEmbedder(model, tokenizer, fast=True, compile=False, packed=True)
+    expected = embedder.embed(DNA)
+    embedder.check_packed(DNA)
+    assert embedder.packed and embedder.packing.check_cosine > 0.99999
+
+    def broken(batch):  # type: ignore[no-untyped-def]
+        raise RuntimeError("triton: out of resources")
+
+    monkeypatch.setattr(embedder.runner, "embed_packed", broken)
+    with caplog.at_level(logging.WARNING):
+        got = embedder.embed(DNA)
+    assert not embedder.packed and "out of resources" in embedder.packing.failed
+    assert torch.allclose(got, expected, atol=1e-5)
+    bad = DnabertEmbedder(model, tokenizer, fast=True, compile=False, packed=True)
+    real = bad.runner.embed_packed
+    monkeypatch.setattr(bad.runner, "embed_packed", lambda batch: -real(batch))
+    bad.check_packed(DNA)
+    assert not bad.packed and "self-check cosine" in bad.packing.failed
+
+
+# -- device machine ---------------------------------------------------------------------------
+@gpu
+@pytest.mark.parametrize("head", [32, 64])
+def test_gpu_triton_alibi_kernel_matches_reference(head: int) -> None:
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    lengths, heads = [1, 2, 63, 64, 65, 101, 128, 130, 257, 502], 12
+    fused = torch.randn(sum(lengths), 3 * heads * head, device=cuda, dtype=torch.bfloat16)
+    qkv = fused.view(-1, 3, heads, head)  # the Wqkv GEMM's output, read through its strides
+    batch = pack_rows([[1] * n for n in lengths], cuda, pool_ends=True)
+    slopes = torch.tensor(alibi_slopes(heads), device=cuda)
+    assert alibi_varlen_usable(qkv)
+    got = alibi_varlen_attention(qkv, batch, slopes, head**-0.5)
+    want = alibi_varlen_reference(qkv.float(), batch, slopes, head**-0.5)
+    assert got.shape == (sum(lengths), heads, head) and got.dtype == torch.bfloat16
+    assert float((got.float() - want).abs().max()) < 2e-2
+    cos = F.cosine_similarity(got.float().flatten(1), want.flatten(1))
+    assert float(cos.min()) > 0.9999
+
+
+@gpu
+def test_gpu_packed_dnabert_is_the_default_and_agrees() -> None:
+    cuda = torch.device("cuda")
+    config = DnabertConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=2,
+                           intermediate_size=512)  # head size 64, as the real model
+    model = build_random_dnabert(config, cuda, torch.bfloat16)
+    tokenizer = DnaTokenizer.from_model_dir(Path("/nonexistent"))
+    embedder = DnabertEmbedder(model, tokenizer, **dnabert_fast_options(Precision.BF16))
+    assert embedder.packed  # the default on CUDA in bf16
+    embedder.warmup(4096)
+    assert embedder.packed and embedder.packing.check_cosine > 0.999, embedder.packing.failed
+    seqs = DNA * 20
+    reference = DnabertEmbedder(model, tokenizer, fast=False).embed(seqs)
+    got = embedder.embed(seqs)
+    assert float(F.cosine_similarity(got, reference).min()) > 0.999
+    assert all(fn.failed is None for fn in embedder.runner.compiled_functions)
+    assert embedder.runner.packed_geglu.calls > 0 and embedder.runner.layer.calls == 0
+    fp32 = DnabertEmbedder(build_random_dnabert(config, cuda, torch.float32), tokenizer)
+    assert not fp32.packed  # the GPU default precision stays on the padded fp32 path

@@ -34,15 +34,24 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_embedder(embedder: Any, seqs: list[str], budget: int,
-                 shard_frames: int) -> tuple[Any, dict[str, Any]]:
-    """Embed like a worker (shards of ``shard_frames`` in order, batched as a worker batches,
-    one batch in flight). Tokenisation is inside the timing, done up front per shard (a worker
-    tokenises DNABERT-S a group ahead of the GPU instead: see the pipeline rows)."""
+def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
+                 drain_each_shard: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Embed like a worker: shards of ``shard_frames`` in order, each tokenised as a worker
+    tokenises it (:mod:`virnucpro.pipeline.encode_ahead`; tokenisation is inside the timing),
+    batched as a worker batches, one batch computing while the next is queued.
+
+    A worker hands a shard's last batches to its finishing thread and starts on the next shard
+    (reads, tokenises, packs it) while the GPU still runs them; so here too the queue carries
+    over from one shard to the next. ``drain_each_shard`` waits for every batch at the end of
+    each shard instead (the emulation of runs A–E in docs/benchmarks.md: the GPU idles while the
+    next shard is tokenised)."""
     import numpy as np
 
     from virnucpro.pipeline.batching import is_uniform, pack_batches, padded_tokens
-    from virnucpro.pipeline.worker import packing_options
+    from virnucpro.pipeline.encode_ahead import encode_ahead
+    from virnucpro.pipeline.worker import DNABERT_ENCODE_GROUP, packing_options
+
+    group = DNABERT_ENCODE_GROUP if hasattr(embedder, "tokenizer") else None  # as the worker
 
     out = np.zeros((len(seqs), embedder.dim), dtype=np.float32)
     lengths_all: list[int] = []
@@ -50,25 +59,29 @@ def run_embedder(embedder: Any, seqs: list[str], budget: int,
     device = embedder.device
     sync(device)
     started = time.perf_counter()
+    in_flight: list[tuple[list[int], Any]] = []
     for lo in range(0, len(seqs), shard_frames):
         shard = seqs[lo : lo + shard_frames]
-        rows = embedder.encode(shard)
-        lengths = [len(r) for r in rows]
-        lengths_all.extend(lengths)
-        in_flight: list[tuple[list[int], Any]] = []
-        for batch in pack_batches(lengths, budget, **packing_options(embedder)):
-            if getattr(embedder, "packed", False):
-                padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
-            else:
-                padded += padded_tokens(lengths, batch)
-            batches += 1
-            uniform += is_uniform(lengths, batch)
-            in_flight.append((batch, embedder.submit([rows[i] for i in batch])))
-            if len(in_flight) > 1:
-                done, handle = in_flight.pop(0)
-                out[[lo + i for i in done]] = handle.result().numpy()
-        for done, handle in in_flight:
-            out[[lo + i for i in done]] = handle.result().numpy()
+        for indices, rows in encode_ahead(shard, embedder.encode, group):
+            lengths = [len(r) for r in rows]
+            lengths_all.extend(lengths)
+            for batch in pack_batches(lengths, budget, **packing_options(embedder)):
+                if getattr(embedder, "packed", False):
+                    padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
+                else:
+                    padded += padded_tokens(lengths, batch)
+                batches += 1
+                uniform += is_uniform(lengths, batch)
+                handle = embedder.submit([rows[i] for i in batch])
+                in_flight.append(([lo + indices[i] for i in batch], handle))
+                if len(in_flight) > 1:
+                    done, handle = in_flight.pop(0)
+                    out[done] = handle.result().numpy()
+        while drain_each_shard and in_flight:
+            done, handle = in_flight.pop(0)
+            out[done] = handle.result().numpy()
+    for done, handle in in_flight:
+        out[done] = handle.result().numpy()
     sync(device)
     seconds = time.perf_counter() - started
     return out, {

@@ -54,7 +54,7 @@ it then needs no attention mask (SDPA's flash kernel)."""
 _WARMUP_TOKENS = 65536
 _MAX_PADDING = 0.05
 """A batch is closed before it would become more than 5% padding (DNABERT-S lengths spread)."""
-_DNABERT_ENCODE_GROUP = 2048
+DNABERT_ENCODE_GROUP = 2048
 """DNABERT-S shards are tokenised this many sequences at a time, one group ahead of the GPU
 (:mod:`~virnucpro.pipeline.encode_ahead`); ESM-2's encoding is a table lookup, done at once."""
 
@@ -243,7 +243,7 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        group = _DNABERT_ENCODE_GROUP if task.stage is FeatureStage.DNABERT else None
+        group = DNABERT_ENCODE_GROUP if task.stage is FeatureStage.DNABERT else None
         groups = encode_ahead(seqs, embedder.encode, group)  # tokenised once, a group ahead
         encoded: list[Any] = [None] * len(seqs)
         lengths = [0] * len(seqs)

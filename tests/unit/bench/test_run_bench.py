@@ -39,6 +39,20 @@ def test_dnabert_flops(rb) -> None:  # type: ignore[no-untyped-def]
     assert rb.dnabert_flops([110], 12, 768, 3072) == per_token * 110 + 12 * 4 * 768 * 110**2
 
 
+@pytest.mark.parametrize("drain", [False, True])
+def test_run_embedder_rows_follow_the_input_in_both_modes(demo_dnabert_dir: Path, drain: bool) -> None:
+    import torch
+
+    from virnucpro.models.embedders import load_dnabert_embedder
+
+    embedder = load_dnabert_embedder(demo_dnabert_dir, torch.device("cpu"))
+    dna = ["ACGT" * n for n in (30, 3, 12, 25, 7, 18, 1)]  # shards reorder longest first
+    out, stats = measure.run_embedder(embedder, dna, budget=64, shard_frames=3, drain_each_shard=drain)
+    assert torch.allclose(torch.from_numpy(out), embedder.embed(dna), atol=1e-5)
+    assert stats["sequences"] == len(dna) and stats["batches"] >= 3  # a batch never spans shards
+    assert sum(stats["lengths"]) == stats["tokens"] == sum(embedder.token_lengths(dna))
+
+
 def test_sample_is_real_mixed_and_deterministic(rb) -> None:  # type: ignore[no-untyped-def]
     a = rb.make_sample(300, seed=3)
     assert a == rb.make_sample(300, seed=3)

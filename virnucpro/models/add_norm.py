@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from virnucpro.models.triton_support import kernel_builds
+
 __all__ = ["add_layer_norm", "add_layer_norm_reference", "triton_add_norm_available"]
 
 logger = logging.getLogger(__name__)
@@ -44,13 +46,7 @@ def add_layer_norm_reference(
 @functools.cache
 def triton_add_norm_available() -> bool:
     """Triton importable and a CUDA device present (the kernel is CUDA-only)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        _kernel()
-    except Exception:  # no triton, or one too old for this code: the reference path is used
-        return False
-    return True
+    return kernel_builds(_kernel)
 
 
 @functools.cache

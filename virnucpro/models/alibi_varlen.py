@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.models.packing import PackedBatch
+from virnucpro.models.triton_support import kernel_builds
 
 __all__ = [
     "alibi_varlen_attention",
@@ -116,13 +117,7 @@ def alibi_varlen_attention(
 @functools.cache
 def triton_alibi_available() -> bool:
     """Triton importable and a CUDA device present (the kernel is CUDA-only)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        _kernel()
-    except Exception:  # no triton, or one too old for this code: the reference path is used
-        return False
-    return True
+    return kernel_builds(_kernel)
 
 
 @functools.cache

@@ -96,11 +96,12 @@ def alibi_varlen_attention(
         return alibi_varlen_reference(qkv, batch, slopes, scale)
     rows, _, heads, head = qkv.shape
     out = torch.empty((rows, heads, head), dtype=qkv.dtype, device=qkv.device)
-    grid = (-(-batch.max_length // block_m), batch.n_sequences, heads)
+    blocks = -(-batch.max_length // block_m)
+    grid = (batch.n_sequences * blocks, heads)  # a sequence's query blocks side by side (its k/v in L2)
     try:
         _kernel()[grid](
             qkv, out, batch.cu_seqlens, slopes.float().contiguous(), scale * math.log2(math.e),
-            qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1),
+            qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1), blocks,
             HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         )  # fmt: skip
     except torch.OutOfMemoryError:
@@ -128,12 +129,12 @@ def _kernel() -> Any:
     @triton.jit
     def alibi_varlen(  # type: ignore[no-untyped-def]
         qkv_ptr, out_ptr, cu_ptr, slopes_ptr, scale_log2,
-        stride_row, stride_part, stride_head, out_stride_row, out_stride_head,
+        stride_row, stride_part, stride_head, out_stride_row, out_stride_head, blocks,
         HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
-        block = tl.program_id(0)
-        seq = tl.program_id(1)
-        head = tl.program_id(2)
+        seq = tl.program_id(0) // blocks  # grid axis 0 (up to 2³¹ − 1): sequences × query blocks
+        block = tl.program_id(0) % blocks
+        head = tl.program_id(1)
         start = tl.load(cu_ptr + seq).to(tl.int64)
         length = tl.load(cu_ptr + seq + 1).to(tl.int64) - start
         if block * BLOCK_M < length:

@@ -158,6 +158,23 @@ def test_gpu_triton_alibi_kernel_matches_reference(head: int) -> None:
 
 
 @gpu
+def test_gpu_triton_alibi_kernel_takes_more_sequences_than_a_grid_axis_holds() -> None:
+    cuda = torch.device("cuda")
+    torch.manual_seed(1)
+    lengths, heads, head = [1, 2, 3] * 23_000, 2, 16  # 69,000 sequences > 65,535 (a y/z grid limit)
+    qkv = torch.randn(sum(lengths), 3, heads, head, device=cuda, dtype=torch.float16)
+    slopes = torch.tensor(alibi_slopes(heads), device=cuda)
+    got = alibi_varlen_attention(qkv, pack_rows([[1] * n for n in lengths], cuda, pool_ends=True),
+                                 slopes, head**-0.5)
+    assert alibi_varlen_usable(qkv)  # the kernel ran: no fallback to the reference for good
+    tail = lengths[-9:]
+    start = sum(lengths) - sum(tail)
+    tail_batch = pack_rows([[1] * n for n in tail], cuda, pool_ends=True)
+    want = alibi_varlen_reference(qkv[start:].float(), tail_batch, slopes, head**-0.5)
+    assert float((got[start:].float() - want).abs().max()) < 1e-2
+
+
+@gpu
 def test_gpu_packed_dnabert_is_the_default_and_agrees() -> None:
     cuda = torch.device("cuda")
     config = DnabertConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=2,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["esm_flops", "dnabert_flops", "sync", "run_embedder", "rate_row", "cosine_rows"]
+__all__ = ["esm_flops", "dnabert_flops", "sync", "run_embedder", "rate_row", "cosine_rows", "gc_time"]
 
 
 def esm_flops(lengths: list[int], layers: int, dim: int) -> float:
@@ -34,6 +37,27 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def gc_time() -> Iterator[dict[str, float]]:
+    """Seconds the garbage collector ran (and full collections) inside the block: the thread
+    that feeds the GPU stands still meanwhile."""
+    spent = {"gc_s": 0.0, "gc_full": 0}
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            spent["gc_s"] += time.perf_counter() - began[0]
+            spent["gc_full"] += info.get("generation") == 2
+
+    gc.callbacks.append(callback)
+    try:
+        yield spent
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
                  drain_each_shard: bool = False) -> tuple[Any, dict[str, Any]]:
     """Embed like a worker: shards of ``shard_frames`` in order, each tokenised as a worker
@@ -58,34 +82,37 @@ def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
     padded = batches = uniform = 0
     device = embedder.device
     sync(device)
-    started = time.perf_counter()
-    in_flight: list[tuple[list[int], Any]] = []
-    for lo in range(0, len(seqs), shard_frames):
-        shard = seqs[lo : lo + shard_frames]
-        for indices, rows in encode_ahead(shard, embedder.encode, group):
-            lengths = [len(r) for r in rows]
-            lengths_all.extend(lengths)
-            for batch in pack_batches(lengths, budget, **packing_options(embedder)):
-                if getattr(embedder, "packed", False):
-                    padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
-                else:
-                    padded += padded_tokens(lengths, batch)
-                batches += 1
-                uniform += is_uniform(lengths, batch)
-                handle = embedder.submit([rows[i] for i in batch])
-                in_flight.append(([lo + indices[i] for i in batch], handle))
-                if len(in_flight) > 1:
-                    done, handle = in_flight.pop(0)
-                    out[done] = handle.result().numpy()
-        while drain_each_shard and in_flight:
-            done, handle = in_flight.pop(0)
+    with gc_time() as spent:
+        started = time.perf_counter()
+        in_flight: list[tuple[list[int], Any]] = []
+        for lo in range(0, len(seqs), shard_frames):
+            shard = seqs[lo : lo + shard_frames]
+            for indices, rows in encode_ahead(shard, embedder.encode, group):
+                lengths = [len(r) for r in rows]
+                lengths_all.extend(lengths)
+                for batch in pack_batches(lengths, budget, **packing_options(embedder)):
+                    if getattr(embedder, "packed", False):
+                        padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
+                    else:
+                        padded += padded_tokens(lengths, batch)
+                    batches += 1
+                    uniform += is_uniform(lengths, batch)
+                    handle = embedder.submit([rows[i] for i in batch])
+                    in_flight.append(([lo + indices[i] for i in batch], handle))
+                    if len(in_flight) > 1:
+                        done, handle = in_flight.pop(0)
+                        out[done] = handle.result().numpy()
+            while drain_each_shard and in_flight:
+                done, handle = in_flight.pop(0)
+                out[done] = handle.result().numpy()
+        for done, handle in in_flight:
             out[done] = handle.result().numpy()
-    for done, handle in in_flight:
-        out[done] = handle.result().numpy()
-    sync(device)
-    seconds = time.perf_counter() - started
+        sync(device)
+        seconds = time.perf_counter() - started
     return out, {
         "seconds": seconds,
+        "gc_s": round(spent["gc_s"], 3),
+        "gc_full": spent["gc_full"],
         "sequences": len(seqs),
         "tokens": sum(lengths_all),
         "padded_tokens": padded,
@@ -110,6 +137,7 @@ def rate_row(name: str, stats: dict[str, Any], flops: float | None, peak_tflops:
         "frames_per_s": stats["sequences"] / s if s else None,
         "tflops": flops / s / 1e12 if flops and s else None,
         "pct_peak": 100 * flops / s / 1e12 / peak_tflops if flops and s and peak_tflops else None,
+        "gc_s": stats.get("gc_s"),
     }
     row.update(extra or {})
     return row

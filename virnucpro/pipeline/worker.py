@@ -28,6 +28,7 @@ from typing import Any
 
 from virnucpro.pipeline.batching import pack_batches, padded_tokens
 from virnucpro.pipeline.encode_ahead import encode_ahead
+from virnucpro.pipeline.heap import settle_heap
 from virnucpro.pipeline.messages import (
     EmbedTask,
     StageEnd,
@@ -153,6 +154,7 @@ class _Worker:
             if self.spec.on_gpu:
                 self.torch.cuda.synchronize(self.device)
         self.embedders[stage] = embedder
+        settle_heap()  # a full collection in a stage would stall the GPU queue (see heap.py)
         self.model_loads[stage.value] += 1
         self.load_seconds[stage.value] = loaded - started
         self.compile_seconds[stage.value] = time.perf_counter() - loaded
@@ -175,9 +177,7 @@ class _Worker:
     def release(self, stage: FeatureStage) -> None:
         self.embedders.pop(stage, None)
         self.budgets.pop(stage, None)
-        import gc
-
-        gc.collect()
+        settle_heap()  # unfreezes first: the released model's objects are collected
         self._empty_cache()
 
     def _empty_cache(self) -> None:

@@ -215,6 +215,7 @@ class DnabertEmbedder:
         attention_dtype: torch.dtype | None = None,
         residual_dtype: torch.dtype | None = None,
         packed: bool | None = None,
+        fused_geglu: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -228,6 +229,7 @@ class DnabertEmbedder:
             self.runner = FastDnabert(
                 model, compile=compile, attention_dtype=attention_dtype,
                 residual_dtype=residual_dtype,
+                fused_geglu=False if packed is False else fused_geglu,  # a packed-path kernel
             )  # fmt: skip
         self.packing = _PackedMode(_use_packed_dnabert(self.runner, packed), pool_ends=True)
 

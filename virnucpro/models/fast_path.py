@@ -58,6 +58,7 @@ from virnucpro.models.alibi_attention import (
 from virnucpro.models.alibi_varlen import alibi_varlen_attention
 from virnucpro.models.dnabert import DnabertS
 from virnucpro.models.esm2 import Esm2Encoder
+from virnucpro.models.geglu_gemm import geglu_gemm, geglu_gemm_supported, interleave_gate_up
 from virnucpro.models.packing import PackedBatch, pool_packed, varlen_attention
 
 __all__ = [
@@ -495,6 +496,9 @@ class FastDnabert:
     None keeps the plain module's fp32 residual stream and layer norms; ``torch.bfloat16`` runs
     them in bf16 (the layer norms still accumulate in fp32 inside the kernel), which halves the
     bytes of every element-wise pass. Padded rows are zeroed as in :class:`DnabertS`.
+    ``fused_geglu`` (packed path only): the gated GEMM and the GEGLU gate as one Triton kernel
+    (:mod:`~virnucpro.models.geglu_gemm`, weights interleaved once here: +2·I·H values per layer,
+    113 MB for DNABERT-S in bf16); None = on in bf16/fp16 where the kernel is supported.
     """
 
     def __init__(
@@ -505,6 +509,7 @@ class FastDnabert:
         backend: str = "inductor",
         attention_dtype: torch.dtype | None = None,
         residual_dtype: torch.dtype | None = None,
+        fused_geglu: bool | None = None,
     ) -> None:
         self.model = model
         self.config = model.config
@@ -540,6 +545,12 @@ class FastDnabert:
         self.packed_geglu = CompiledFunction(
             dnabert_geglu, enabled=compile, backend=backend, dynamic_dims={0: (0,)}
         )
+        # or the gated GEMM and the gate in one Triton kernel (weights interleaved once, here)
+        if fused_geglu is None:
+            fused_geglu = self.dtype in (torch.bfloat16, torch.float16) and geglu_gemm_supported(self.device)
+        self.gated_interleaved = (
+            [interleave_gate_up(args[6].detach()) for args in self.layer_args] if fused_geglu else None
+        )
 
     @property
     def compiled_functions(self) -> list[CompiledFunction]:
@@ -574,8 +585,10 @@ class FastDnabert:
 
         Per layer: Wqkv GEMM; ALiBi attention over each sequence's own tokens
         (:func:`~virnucpro.models.alibi_varlen.alibi_varlen_attention`, reading q/k/v from the
-        GEMM's output); dense GEMM; residual + norm (one pass); gated GEMM; GEGLU (compiled); wo
-        GEMM; residual + norm. Post-LN: the norm's output is the next residual.
+        GEMM's output); dense GEMM; residual + norm (one pass); the gated GEMM with the GEGLU gate
+        in its epilogue (:func:`~virnucpro.models.geglu_gemm.geglu_gemm`; or, with
+        ``fused_geglu`` off, the gated GEMM and the compiled gate); wo GEMM; residual + norm.
+        Post-LN: the norm's output is the next residual.
         """
         with torch.no_grad():
             x = self.model.embeddings(batch.tokens)
@@ -584,12 +597,16 @@ class FastDnabert:
             head = hidden // self.heads
             scale = head**-0.5
             slopes = self.model.slopes
-            for wqkv, bqkv, wd, bd, ln1_w, ln1_b, wg, wo, bo, ln2_w, ln2_b in self.layer_args:
+            for index, args in enumerate(self.layer_args):
+                wqkv, bqkv, wd, bd, ln1_w, ln1_b, wg, wo, bo, ln2_w, ln2_b = args
                 qkv = F.linear(x.to(self.dtype), wqkv, bqkv).view(rows, 3, self.heads, head)
                 context = alibi_varlen_attention(qkv, batch, slopes, scale).view(rows, hidden)
                 attended = F.linear(context, wd, bd)
                 _, x = add_layer_norm(x, attended, ln1_w, ln1_b, self.eps, x.dtype, store_sum=False)
-                gate = self.packed_geglu(F.linear(x.to(self.dtype), wg))
+                if self.gated_interleaved is not None:
+                    gate = geglu_gemm(x.to(self.dtype), self.gated_interleaved[index], wg)
+                else:
+                    gate = self.packed_geglu(F.linear(x.to(self.dtype), wg))
                 _, x = add_layer_norm(x, F.linear(gate, wo, bo), ln2_w, ln2_b, self.eps, x.dtype,
                                       store_sum=False)  # fmt: skip
             return x

@@ -20,7 +20,9 @@ from virnucpro.models.alibi_varlen import (
 from virnucpro.models.dnabert import DnabertConfig, alibi_slopes, build_random_dnabert, load_dnabert
 from virnucpro.models.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options, load_dnabert_embedder
+from virnucpro.models import geglu_gemm as geglu_module
 from virnucpro.models.fast_path import FastDnabert
+from virnucpro.models.geglu_gemm import geglu_gemm_supported
 from virnucpro.models.packing import pack_rows, pool_packed
 
 CPU = torch.device("cpu")
@@ -189,7 +191,13 @@ def test_gpu_packed_dnabert_is_the_default_and_agrees() -> None:
     reference = DnabertEmbedder(model, tokenizer, fast=False).embed(seqs)
     got = embedder.embed(seqs)
     assert float(F.cosine_similarity(got, reference).min()) > 0.999
-    assert all(fn.failed is None for fn in embedder.runner.compiled_functions)
-    assert embedder.runner.packed_geglu.calls > 0 and embedder.runner.layer.calls == 0
+    runner = embedder.runner
+    assert all(fn.failed is None for fn in runner.compiled_functions)
+    if geglu_gemm_supported(cuda):  # Hopper or newer: the gate runs in the gated GEMM's epilogue
+        assert runner.gated_interleaved is not None and runner.packed_geglu.calls == 0
+        assert not geglu_module._BROKEN
+    else:
+        assert runner.gated_interleaved is None and runner.packed_geglu.calls > 0
+    assert runner.layer.calls == 0
     fp32 = DnabertEmbedder(build_random_dnabert(config, cuda, torch.float32), tokenizer)
     assert not fp32.packed  # the GPU default precision stays on the padded fp32 path

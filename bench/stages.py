@@ -29,6 +29,8 @@ def packing_info(embedder: Any) -> dict[str, Any]:
     packing = getattr(embedder, "packing", None)
     if packing is not None:
         info.update(packed_check_cos=packing.check_cosine, packed_failed=packing.failed)
+    if hasattr(runner, "gated_interleaved") and embedder.packed:  # DNABERT-S: gate in the gated GEMM
+        info["fused_geglu"] = runner.gated_interleaved is not None
     return info
 
 __all__ = ["StageSections"]
@@ -209,8 +211,11 @@ class StageSections:
         _, stats = run_embedder(embedder, dna, budget, self.args.shard_frames)
         flops = dnabert_flops(stats["lengths"], cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size)
         peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.on_gpu else None
+        fused = embedder.packed and embedder.runner.gated_interleaved is not None
+        kind = ("packed (Triton ALiBi attention" + (", GEGLU in the gated GEMM)" if fused else ")")
+                if embedder.packed else "padded, compiled")
         main = rate_row("DNABERT-S stage alone: fast path, bf16 attention and residual, "
-                        + ("packed (Triton ALiBi attention)" if embedder.packed else "padded, compiled"),
+                        + kind,
                         stats, flops, self.peak_tflops,
                         {"compile_s": round(compile_s, 1), "token_budget": budget,
                          "peak_mib": peak_mib, **packing_info(embedder)})
@@ -242,6 +247,8 @@ class StageSections:
              {"fast": True, "compile": True, "packed": False}, 20.0),
             ("fast path compiled, bf16 residual, padded with the bias tensor (the default of run E)",
              {"fast": True, "compile": True, "packed": False, "residual_dtype": torch.bfloat16}, 20.0),
+            ("packed, gated GEMM then the compiled GEGLU pass (the default of run F)",
+             {"fast": True, "compile": True, "residual_dtype": torch.bfloat16, "fused_geglu": False}, 20.0),
         ]
         for name, kwargs, need in variants:
             if kwargs.get("compile") and not self.on_gpu:

@@ -2,7 +2,7 @@
 
 DNABERT-S's ``gated_layers`` is one ``[2I, H]`` linear layer (no bias) whose output is split in
 half: ``gelu(h[:, :I]) * h[:, I:]`` (exact GELU). Computed as a GEMM followed by an element-wise
-pass, the ``[N, 2I]`` product goes to memory and is read back (at I = 3,072 in bf16, 18 KB per
+pass, the ``[N, 2I]`` product goes to memory and is read back (at I = 3,072 in bf16, 12 KB per
 token, written once and read once). Here the weight's rows are interleaved once, at load
 (:func:`interleave_gate_up`: gate row c, then up row c), so that in every output tile a gate
 column and its up column are neighbours in the accumulator; the kernel's epilogue applies the
@@ -44,7 +44,7 @@ BLOCK_N = 128
 """Accumulator columns per tile (gate and up interleaved): 64 output columns. 256 × 128 × 64,
 8 warps, 3 stages, persistent, was the fastest of the shapes tried on an H200 (1.75 ms at
 101,808 tokens, H = 768, I = 3,072; cuBLAS GEMM + the compiled element-wise pass: 1.87–1.96 ms;
-the same tiles launched one program per tile: 1.88 ms). docs/benchmarks.md, 2026-12-01 fourth
+the same tiles launched one program per tile: 1.89 ms). docs/benchmarks.md, 2026-12-01 fourth
 session."""
 BLOCK_K = 64
 WARPS = 8

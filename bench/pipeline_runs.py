@@ -90,7 +90,9 @@ class PipelineSections:
         return row
 
     def pipeline(self) -> None:
-        from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
+        from virnucpro.pipeline.lease import PoolLease
+        from virnucpro.pipeline.plan import plan_run
+        from virnucpro.pipeline.prediction import run_prediction
 
         self.free_gpu()  # in-process models stay resident (later sections use them); caches go
         sample = self.paths["sample"]
@@ -105,16 +107,16 @@ class PipelineSections:
                 continue
             out = self.work / f"run_{len(gpus)}gpu"
             config = self._config(sample, out, gpus, True)
-            t = time.perf_counter()
-            pool = open_pool(plan_run(config))
-            start_s = time.perf_counter() - t
-            load_s = [round(w.ready.load_seconds, 1) for w in pool.workers if w.ready is not None]
+            lease = PoolLease.owned()
             try:
+                plan = plan_run(config, True)
+                start_s = lease.start(list(plan.devices), plan.spec)
+                load_s = [round(w.ready.load_seconds, 1) for w in lease.pool.workers if w.ready is not None]
                 t = time.perf_counter()
-                result = run_prediction(config, pool=pool)
+                result = run_prediction(config, lease=lease)
                 wall = time.perf_counter() - t
             finally:
-                pool.close()
+                lease.close()
             row = self._pipeline_row(f"pipeline, {len(gpus)} GPU(s), persistent pool started before "
                                      "(load+compile not in wall)", result, wall, start_s,
                                      gpus=list(gpus), worker_load_compile_s=load_s)
@@ -142,24 +144,28 @@ class PipelineSections:
     def pipeline_batch(self) -> None:
         """Samples in a row on one persistent pool (the nightly batch); throughput against
         ESM-2 alone, over all samples and over the ones after the first (steady state)."""
-        from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
+        from virnucpro.pipeline.lease import PoolLease
+        from virnucpro.pipeline.plan import plan_run
+        from virnucpro.pipeline.prediction import run_prediction
 
         self.free_gpu()
         samples = [self.paths[f"batch{k}"] for k in range(self.args.batch_samples)]
         esm_alone = self.result.get("esm500_frames_per_s")
         configs = [self._config(s, self.work / f"batch_{k}", (0,), True) for k, s in enumerate(samples)]
-        pool = open_pool(plan_run(configs[0]))
+        lease = PoolLease.owned()
         walls, frames = [], []
         try:
+            plan = plan_run(configs[0], True)
+            lease.start(list(plan.devices), plan.spec)
             t0 = time.perf_counter()
             for config in configs:
                 t = time.perf_counter()
-                result = run_prediction(config, pool=pool)
+                result = run_prediction(config, lease=lease)
                 walls.append(round(time.perf_counter() - t, 2))
                 frames.append(result.prepared.n_frames)
             total = time.perf_counter() - t0
         finally:
-            pool.close()
+            lease.close()
         rate = sum(frames) / total
         steady = sum(frames[1:]) / sum(walls[1:]) if len(walls) > 1 else rate
         row = {"frames": sum(frames), "wall_s": total, "frames_per_s": rate, "per_sample_s": walls,
@@ -173,7 +179,9 @@ class PipelineSections:
                  + (f" = {steady / esm_alone:.3f} x ESM alone" if esm_alone else ""))
 
     def persistent_vs_standard(self) -> None:
-        from virnucpro.pipeline.prediction import open_pool, plan_run, run_prediction
+        from virnucpro.pipeline.lease import PoolLease
+        from virnucpro.pipeline.plan import plan_run
+        from virnucpro.pipeline.prediction import run_prediction
 
         self.free_gpu()  # in-process models stay resident (later sections use them); caches go
         samples = [self.paths[f"small{k}"] for k in range(self.args.n_samples)]
@@ -181,17 +189,19 @@ class PipelineSections:
         # persistent: one pool for every sample
         t0 = time.perf_counter()
         first = self._config(samples[0], self.work / "pers_0", gpus, True)
-        pool = open_pool(plan_run(first))
-        start = time.perf_counter() - t0
+        lease = PoolLease.owned()
         walls = []
         try:
+            plan = plan_run(first, True)
+            lease.start(list(plan.devices), plan.spec)
+            start = time.perf_counter() - t0
             for k, sample in enumerate(samples):
                 t = time.perf_counter()
-                run_prediction(self._config(sample, self.work / f"pers_{k}", gpus, True), pool=pool)
+                run_prediction(self._config(sample, self.work / f"pers_{k}", gpus, True), lease=lease)
                 walls.append(time.perf_counter() - t)
-            loads = {w.name: dict(w.total_model_loads) for w in pool.workers}
+            loads = lease.model_loads()
         finally:
-            pool.close()
+            lease.close()
         total_p = time.perf_counter() - t0
         self.row("persistent", name=f"persistent pool, {len(samples)} samples in a row",
                  total_s=total_p, pool_start_s=start, per_sample_s=walls, model_loads=loads)

@@ -29,7 +29,7 @@ if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
 # flows.predict sets the offline Prefect defaults before prefect is imported: import it first.
-from flows.predict import DeviceName, PrecisionName, build_config, predict_flow  # noqa: E402
+from flows.predict import predict_flow  # noqa: E402
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
@@ -41,7 +41,6 @@ from prefect.client.schemas.objects import FlowRun  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from virnucpro.config import DEFAULT_CHUNK_LENGTH  # noqa: E402
 from virnucpro.errors import ConfigError  # noqa: E402
 from virnucpro.orchestration.artifacts import publish_nightly_summary  # noqa: E402
 from virnucpro.orchestration.batch import (  # noqa: E402
@@ -54,10 +53,20 @@ from virnucpro.orchestration.batch import (  # noqa: E402
     write_night_report,
 )
 from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
-from virnucpro.orchestration.tasks import find_new_samples, resolve_plan  # noqa: E402
-from virnucpro.pipeline.persistent_pool import PersistentWorkerPool  # noqa: E402
+from virnucpro.orchestration.tasks import STEP_TASKS, find_new_samples  # noqa: E402
+from virnucpro.pipeline.lease import PoolLease  # noqa: E402
+from virnucpro.pipeline.parameters import (  # noqa: E402
+    RUN_PARAMETERS,
+    DeviceName,
+    PrecisionName,
+    add_argparse_option,
+    build_config,
+    parameters_docstring,
+    parse_gpus,
+)
+from virnucpro.pipeline.steps import PLAN  # noqa: E402
 
-__all__ = ["nightly_flow", "PREDICT_DEPLOYMENT", "main"]
+__all__ = ["nightly_flow", "PREDICT_DEPLOYMENT", "NIGHT_RUN_PARAMETERS", "main"]
 
 PREDICT_DEPLOYMENT = "virnucpro-predict/predict"
 
@@ -84,38 +93,19 @@ def _error_text(state: State) -> str:
 
 def _run_in_process(
     pending: tuple[Sample, ...], params: dict[str, Any]
-) -> tuple[list[SampleOutcome], PersistentWorkerPool | None, int]:
-    """Each sample as a predict subflow; one shared pool when ``persistent_models``."""
+) -> tuple[list[SampleOutcome], PoolLease]:
+    """Each sample as a predict subflow; with ``persistent_models`` the night's lease is lent to
+    every sample, so each worker loads each model once per night."""
     logger = get_run_logger()
     runner = current_gpu_runner()
-    persistent = bool(params["persistent_models"])
-    plan = None
-    pool: PersistentWorkerPool | None = None
-    own_pool: PersistentWorkerPool | None = None  # only without our runner
-    pools_opened = 0
+    night = runner.lease if runner is not None else PoolLease.for_run(bool(params["persistent_models"]))
+    first = pending[0]
+    # resolves the models once: a missing model fails the night here, not once per sample
+    STEP_TASKS[PLAN.name].submit(build_config({"input_fasta": first.path, **params}), night.persistent).result()
     outcomes: list[SampleOutcome] = []
     try:
         for sample in pending:
-            task_runner = GpuTaskRunner()
-            if persistent:
-                if plan is None:  # resolves the models once: a missing model fails the night here
-                    config = build_config(sample.path, sample.output_dir, **params)
-                    plan = resolve_plan.submit(config).result()
-                if pool is None or not pool.is_running:
-                    if pool is not None:
-                        logger.warning("the night's worker pool broke; opening a new one")
-                    if runner is not None:
-                        before = runner.pools_opened
-                        pool = runner.pool_for(plan)  # closed when the night ends
-                        pools_opened += runner.pools_opened - before
-                    else:
-                        from virnucpro.pipeline.prediction import open_pool
-
-                        if own_pool is not None:
-                            own_pool.close()
-                        pool = own_pool = open_pool(plan)
-                        pools_opened += 1
-                task_runner = GpuTaskRunner(pool=pool)
+            task_runner = GpuTaskRunner(lender=night) if night.persistent else GpuTaskRunner(persistent_models=False)
             logger.info("sample %s (%s) -> %s", sample.name, sample.sha256[:12], sample.output_dir)
             subflow = predict_flow.with_options(flow_run_name=f"{sample.name}", task_runner=task_runner)
             state = subflow(input_fasta=sample.path, output_dir=sample.output_dir, **params,
@@ -128,9 +118,9 @@ def _run_in_process(
                 logger.error("sample %s failed: %s", sample.name, error)
                 outcomes.append(outcome_from_outputs(sample, "failed", flow_run_id=run_id, error=error))
     finally:
-        if own_pool is not None:
-            own_pool.close()
-    return outcomes, pool, pools_opened
+        if runner is None:
+            night.close()
+    return outcomes, night
 
 
 def _dispatch(
@@ -193,59 +183,46 @@ def _skipped(scan: InboxScan) -> list[SampleOutcome]:
     return outcomes
 
 
-@flow(
-    name="virnucpro-nightly",
-    task_runner=GpuTaskRunner(),
-    description="VirNucPro nightly batch: every new sample of an inbox folder through virnucpro-predict.",
-    validate_parameters=True,
-)
-def nightly_flow(
+_RUN = {p.name: p.default for p in RUN_PARAMETERS}
+NIGHT_RUN_PARAMETERS = ("persistent_models", "chunk_length", "dnabert_model", "esm_model", "classifier",
+                        "device", "precision", "gpus", "toks_per_batch")
+"""The run parameters a night hands to every sample (the rest are the night's own)."""
+_NIGHT_HELP = {
+    "inbox": "Folder with the night's FASTA / FASTA.gz files (not searched recursively).",
+    "outbox": "Folder for one output directory per sample and nightly-<date>.json.",
+    "pattern": "File-name globs of samples in the inbox.",
+    "persistent_models": "One worker pool for the whole night: each GPU worker loads each model once "
+                         "(default on, unlike a single run: a night has many samples).",
+    "dispatch_deployments": "Run each sample as its own `deployment` run (several GPU hosts).",
+    "deployment": "The predict deployment to dispatch to.",
+    "dispatch_timeout_s": "How long to wait for dispatched runs before reporting them running.",
+}
+
+
+def _nightly(
     inbox: Path,
     outbox: Path,
     pattern: list[str] = list(DEFAULT_PATTERNS),  # noqa: B006 (pydantic copies it)
     persistent_models: bool = True,
-    chunk_length: int = DEFAULT_CHUNK_LENGTH,
+    chunk_length: int = _RUN["chunk_length"],
     dnabert_model: Path | None = None,
     esm_model: Path | None = None,
     classifier: Path | None = None,
-    device: DeviceName = "auto",
-    precision: PrecisionName = "auto",
+    device: DeviceName = _RUN["device"],
+    precision: PrecisionName = _RUN["precision"],
     gpus: list[int] | None = None,
     toks_per_batch: int | None = None,
     dispatch_deployments: bool = False,
     deployment: str = PREDICT_DEPLOYMENT,
     dispatch_timeout_s: float = 12 * 3600.0,
 ) -> dict[str, Any] | State:
-    """Run every new sample of ``inbox``; outputs and the night's JSON go to ``outbox``.
-
-    Args:
-        inbox: folder with the night's FASTA / FASTA.gz files (not searched recursively).
-        outbox: folder for one output directory per sample and ``nightly-<date>.json``.
-        pattern: file-name globs of samples in the inbox.
-        persistent_models: one worker pool for the whole night, models loaded once per GPU.
-        chunk_length: as for virnucpro-predict (the same for every sample).
-        dnabert_model: as for virnucpro-predict.
-        esm_model: as for virnucpro-predict.
-        classifier: as for virnucpro-predict.
-        device: as for virnucpro-predict.
-        precision: as for virnucpro-predict.
-        gpus: as for virnucpro-predict.
-        toks_per_batch: as for virnucpro-predict.
-        dispatch_deployments: run each sample as its own ``deployment`` run (several GPU hosts).
-        deployment: the predict deployment to dispatch to.
-        dispatch_timeout_s: how long to wait for dispatched runs before reporting them running.
-    """
+    params: dict[str, Any] = {name: value for name, value in locals().items() if name in NIGHT_RUN_PARAMETERS}
     logger = get_run_logger()
     inbox_dir, outbox_dir = _folder(inbox, "inbox"), _folder(outbox, "outbox")
     started = dt.datetime.now().astimezone()
     context = FlowRunContext.get()
     scan = find_new_samples.submit(inbox_dir, outbox_dir, list(pattern)).result()
     outbox_dir.mkdir(parents=True, exist_ok=True)
-    params: dict[str, Any] = dict(
-        chunk_length=chunk_length, persistent_models=persistent_models,
-        dnabert_model=dnabert_model, esm_model=esm_model, classifier=classifier,
-        device=device, precision=precision, gpus=gpus, toks_per_batch=toks_per_batch,
-    )
     outcomes = _skipped(scan)
     model_loads: dict[str, dict[str, int]] = {}
     pools_opened = 0
@@ -256,10 +233,11 @@ def nightly_flow(
     else:
         mode = "persistent pool" if persistent_models else "per-stage workers"
         if scan.pending:
-            ran, pool, pools_opened = _run_in_process(scan.pending, params)
+            ran, night_lease = _run_in_process(scan.pending, params)
             outcomes += ran
-            if pool is not None:
-                model_loads = {w.name: dict(w.total_model_loads) for w in pool.workers}
+            if night_lease.persistent:
+                model_loads = night_lease.model_loads()
+                pools_opened = night_lease.pools_opened
     order = {str(s.path): i for i, s in enumerate(sorted(
         [*scan.pending, *(s for s, _ in scan.finished), *(s for s, _ in scan.duplicates)],
         key=lambda s: s.path))}
@@ -285,6 +263,21 @@ def nightly_flow(
     return night.to_dict()
 
 
+_nightly.__doc__ = parameters_docstring(
+    "Run every new sample of ``inbox``; outputs and the night's JSON go to ``outbox``.",
+    ("inbox", "outbox", "pattern", *NIGHT_RUN_PARAMETERS, "dispatch_deployments", "deployment",
+     "dispatch_timeout_s"),
+    extra=_NIGHT_HELP,
+)
+
+nightly_flow = flow(
+    name="virnucpro-nightly",
+    task_runner=GpuTaskRunner(),
+    description="VirNucPro nightly batch: every new sample of an inbox folder through virnucpro-predict.",
+    validate_parameters=True,
+)(_nightly)
+
+
 # -- python flows/nightly.py ------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``python flows/nightly.py INBOX OUTBOX [options]``: one night in ephemeral mode."""
@@ -294,18 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("outbox", type=Path, metavar="OUTBOX", help="outbox: folder for the outputs")
     p.add_argument("--pattern", action="append", default=None,
                    help=f"pattern: sample file glob, repeatable (default: {' '.join(DEFAULT_PATTERNS)})")
-    p.add_argument("--persistent-models", action=argparse.BooleanOptionalAction, default=True,
-                   help="persistent_models: one pool for the night (default: on)")
-    p.add_argument("--chunk-length", type=int, default=DEFAULT_CHUNK_LENGTH, help="chunk_length")
-    p.add_argument("--dnabert-model", type=Path, default=None, help="dnabert_model")
-    p.add_argument("--esm-model", type=Path, default=None, help="esm_model")
-    p.add_argument("--classifier", type=Path, default=None, help="classifier")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="precision")
+    for name in NIGHT_RUN_PARAMETERS:
+        add_argparse_option(p, name, default=True if name == "persistent_models" else None)
     p.add_argument("--dispatch-deployments", action="store_true",
                    help=f"dispatch_deployments: one {PREDICT_DEPLOYMENT} run per sample")
     args = vars(p.parse_args(argv))
     args["pattern"] = args["pattern"] or list(DEFAULT_PATTERNS)
+    gpus = parse_gpus(args["gpus"])
+    args["gpus"] = list(gpus) if gpus else None
     state = nightly_flow(**args, return_state=True)
     print(state.message or state.name, file=sys.stderr if state.is_failed() else sys.stdout)
     return 0 if state.is_completed() else 1

@@ -11,46 +11,48 @@ from pathlib import Path
 import click
 
 from virnucpro import __version__
-from virnucpro.config import CHUNK_LENGTHS, DEFAULT_CHUNK_LENGTH, DeviceKind, ModelPaths, Precision, RunConfig
+from virnucpro.config import DeviceKind, Precision
 from virnucpro.errors import ConfigError, VirNucProError
+from virnucpro.pipeline.parameters import RUN_PARAMETERS, RunParameter, build_config, parameter, parse_gpus
 
 __all__ = ["main", "cli"]
 
 logger = logging.getLogger("virnucpro.cli")
 
-_PERSISTENT_HELP = (
-    "Keep DNABERT-S and ESM-2 loaded in GPU memory between pipeline stages (and samples): less "
-    "loading overhead, more memory held. Recommended when processing many samples in sequence."
-)
+
+def _click_option(param: RunParameter):  # type: ignore[no-untyped-def]
+    """The Click option of one run parameter, from the run-parameter table."""
+    if param.kind == "bool":
+        flag = param.option[2:]
+        return click.option(f"--{flag}/--no-{flag}", param.name, default=param.default,
+                            show_default=True, help=param.help)
+    if param.kind == "choice":
+        return click.option(param.option, param.name, type=click.Choice(list(param.choices)),
+                            default=str(param.default), show_default=True, help=param.help)
+    if param.kind == "path":
+        return click.option(param.option, param.name, type=click.Path(path_type=Path), default=None,
+                            help=param.help)
+    if param.kind == "gpus":
+        return click.option(param.option, param.name, default=None, metavar="0,1",
+                            callback=lambda _ctx, _p, value: parse_gpus(value), help=param.help)
+    if param.kind == "int":
+        return click.option(param.option, param.name, type=int, default=param.default,
+                            show_default=param.default is not None, help=param.help)
+    raise ValueError(f"run parameter {param.name!r} has an unknown kind {param.kind!r}")
 
 
-def _parse_gpus(value: str | None) -> tuple[int, ...] | None:
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip() != "")
-    except ValueError:
-        raise ConfigError(f"--gpus '{value}' is not a comma-separated list of GPU indices, e.g. 0,1") from None
+def _run_options(*names: str):  # type: ignore[no-untyped-def]
+    """Decorator: the named run parameters as Click options, in the table's words."""
+
+    def decorate(f):  # type: ignore[no-untyped-def]
+        for name in reversed(names):
+            f = _click_option(parameter(name))(f)
+        return f
+
+    return decorate
 
 
-def _chunk_option(f):
-    return click.option(
-        "--chunk-length",
-        type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-        default=str(DEFAULT_CHUNK_LENGTH),
-        show_default=True,
-        help="Chunk size in bp (the classifier must match it).",
-    )(f)
-
-
-def _model_options(f):
-    f = click.option("--classifier", type=click.Path(path_type=Path), default=None,
-                     help="Classifier: original 300_model.pth/500_model.pth or project .safetensors.")(f)
-    f = click.option("--esm-model", type=click.Path(path_type=Path), default=None,
-                     help="ESM-2 fair-esm checkpoint file (esm2_t36_3B_UR50D.pt).")(f)
-    f = click.option("--dnabert-model", type=click.Path(path_type=Path), default=None,
-                     help="DNABERT-S directory (config.json, weights, tokenizer.json).")(f)
-    return f
+_MODEL_OPTIONS = ("dnabert_model", "esm_model", "classifier")
 
 
 class _Group(click.Group):
@@ -81,7 +83,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 @cli.command()
 @click.argument("input_fasta", type=click.Path(path_type=Path))
-@_chunk_option
+@_run_options("chunk_length")
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True,
               help="Directory for the three prepared FASTA files.")
 def prepare(input_fasta: Path, chunk_length: str, output_dir: Path) -> None:
@@ -93,51 +95,19 @@ def prepare(input_fasta: Path, chunk_length: str, output_dir: Path) -> None:
         click.echo(str(path))
 
 
+_PREDICT_OPTIONS = tuple(p.name for p in RUN_PARAMETERS if p.name != "input_fasta")
+
+
 @cli.command()
 @click.argument("input_fasta", type=click.Path(path_type=Path))
-@_chunk_option
-@_model_options
-@click.option("--output-dir", type=click.Path(path_type=Path), default=None,
-              help="Output directory [default: <input name>_virnucpro next to the current directory].")
-@click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default="auto",
-              show_default=True, help="Where the encoders run.")
-@click.option("--precision", type=click.Choice(["auto"] + [p.value for p in Precision]), default="auto",
-              show_default=True, help="Encoder precision; auto = fp32 (the original's numbers).")
-@click.option("--gpus", default=None, help="Comma-separated GPU indices to use [default: all visible].")
-@click.option("--persistent-models/--no-persistent-models", default=False, show_default=True,
-              help=_PERSISTENT_HELP)
-@click.option("--toks-per-batch", type=int, default=None,
-              help="Padded tokens per batch [default: sized from free GPU memory; 4096 on CPU].")
-@click.option("--shard-frames", type=int, default=4096, show_default=True,
-              help="Frames per work unit handed to a worker (and per resumable file).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Reuse finished work of an interrupted run in the same output directory.")
+@_run_options(*_PREDICT_OPTIONS)
 @click.pass_context
-def predict(ctx: click.Context, input_fasta: Path, chunk_length: str, dnabert_model: Path | None,
-            esm_model: Path | None, classifier: Path | None, output_dir: Path | None, device: str,
-            precision: str, gpus: str | None, persistent_models: bool, toks_per_batch: int | None,
-            shard_frames: int, resume: bool) -> None:
+def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     """Predict viral sequences in INPUT_FASTA (FASTA or FASTA.gz)."""
-    from virnucpro.domain.outputs import input_stem
-    from virnucpro.pipeline.prediction import PERSISTENT_LOG_LINE, run_prediction
+    from virnucpro.pipeline.prediction import run_prediction
 
-    ctx.obj["persistent_models"] = persistent_models
-    ctx.obj["gpus"] = _parse_gpus(gpus)
-    config = RunConfig(
-        input_fasta=input_fasta,
-        output_dir=output_dir or Path(f"{input_stem(input_fasta)}_virnucpro"),
-        chunk_length=int(chunk_length),
-        models=ModelPaths(dnabert=dnabert_model, esm=esm_model, classifier=classifier),
-        device=DeviceKind.parse(device),
-        precision=Precision.parse(precision),
-        gpus=ctx.obj["gpus"],
-        persistent_models=ctx.obj["persistent_models"],
-        toks_per_batch=toks_per_batch,
-        shard_frames=shard_frames,
-        resume=resume,
-    )
-    if ctx.obj["persistent_models"]:
-        click.echo(PERSISTENT_LOG_LINE, err=True)
+    ctx.obj["persistent_models"] = bool(options["persistent_models"])
+    config = build_config({"input_fasta": input_fasta, **options})
 
     def progress(p) -> None:  # progress lines belong to the CLI
         click.echo(f"  {p.stage.label}: {p.shards_done}/{p.shards_total} shards, "
@@ -152,8 +122,7 @@ def predict(ctx: click.Context, input_fasta: Path, chunk_length: str, dnabert_mo
         f"{counts.get('non-virus', 0)} non-virus, {counts.get('no-call', 0)} no-call "
         f"({result.prepared.n_frames} frames in {result.timings['total']:.1f} s)"
     )
-    for path in (result.paths.prediction_results, result.paths.highest_score,
-                 result.paths.sequences, result.paths.run_info, result.paths.report):
+    for path in result.paths.final_outputs:
         click.echo(f"  {path}")
 
 
@@ -163,8 +132,7 @@ def models() -> None:
 
 
 @models.command("check")
-@_chunk_option
-@_model_options
+@_run_options("chunk_length", *_MODEL_OPTIONS)
 @click.option("--no-checksums", is_flag=True, help="Skip SHA-256 (the ESM-2 file is 5.7 GB).")
 def models_check(chunk_length: str, dnabert_model: Path | None, esm_model: Path | None,
                  classifier: Path | None, no_checksums: bool) -> None:
@@ -202,10 +170,7 @@ def models_make_demo(out_dir: Path, seed: int) -> None:
 
 @cli.command("validate-precision")
 @click.argument("input_fasta", type=click.Path(path_type=Path))
-@_chunk_option
-@_model_options
-@click.option("--device", type=click.Choice([d.value for d in DeviceKind]), default="auto",
-              show_default=True, help="Where to run both precisions (auto: the first GPU if any).")
+@_run_options("chunk_length", *_MODEL_OPTIONS, "device")
 @click.option("--precisions", default="bf16,fp16", show_default=True,
               help="Comma-separated precisions to compare with fp32.")
 @click.option("--max-frames", type=int, default=2000, show_default=True,
@@ -219,8 +184,8 @@ def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: 
     from virnucpro.models.discovery import resolve_models
     from virnucpro.validation import format_table, validate_precision
 
-    chosen = [Precision.parse(p.strip()) for p in precisions.split(",") if p.strip()]
-    if not chosen or any(p is None for p in chosen):
+    chosen = [Precision.parse(p) for p in precisions.split(",") if p.strip()]
+    if not chosen or Precision.AUTO in chosen:
         raise ConfigError(f"--precisions '{precisions}' must list bf16, fp16 and/or fp32")
     if max_frames < 1:
         raise ConfigError("--max-frames must be at least 1")

@@ -12,6 +12,7 @@ __all__ = [
     "CHUNK_LENGTHS",
     "DEFAULT_CHUNK_LENGTH",
     "Precision",
+    "GPU_DEFAULT_PRECISION",
     "DeviceKind",
     "ModelPaths",
     "RunConfig",
@@ -22,25 +23,50 @@ DEFAULT_CHUNK_LENGTH = 500
 
 
 class Precision(enum.Enum):
-    """Arithmetic precision of the two encoders. The classifier always runs in fp32."""
+    """Arithmetic precision of the two encoders. The classifier always runs in fp32.
 
+    ``AUTO`` is what the user asked for when choosing nothing; :meth:`resolve` turns it into the
+    precision that runs on a device. Every other layer receives a resolved member.
+    """
+
+    AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
 
     @classmethod
-    def parse(cls, value: "str | Precision | None") -> "Precision | None":
-        if value is None or isinstance(value, Precision):
+    def parse(cls, value: "str | Precision") -> "Precision":
+        if isinstance(value, Precision):
             return value
-        if value == "auto":
-            return None
         try:
-            return cls(value)
+            return cls(str(value).strip().lower())
         except ValueError:
             choices = ", ".join(p.value for p in cls)
-            raise ConfigError(
-                f"precision '{value}' is not known; use one of {choices} or auto"
-            ) from None
+            raise ConfigError(f"precision '{value}' is not known; use one of {choices}") from None
+
+    @classmethod
+    def concrete(cls) -> tuple["Precision", ...]:
+        """The precisions that run (every member but ``AUTO``)."""
+        return tuple(p for p in cls if p is not cls.AUTO)
+
+    def resolve(self, on_gpu: bool) -> "Precision":
+        """The precision that runs: a chosen one as it is; ``AUTO`` the device's default."""
+        if self is not Precision.AUTO:
+            return self
+        return GPU_DEFAULT_PRECISION if on_gpu else Precision.FP32
+
+    @property
+    def bytes_per_element(self) -> int:
+        """Bytes of one activation element (for sizing token budgets)."""
+        if self is Precision.AUTO:
+            raise ValueError("resolve() the precision before sizing memory")
+        return 4 if self is Precision.FP32 else 2
+
+
+GPU_DEFAULT_PRECISION = Precision.FP32
+"""What ``--precision auto`` runs on a GPU. fp32 keeps the original's numbers; the faster
+precisions are opt-in with the agreement measured in docs/benchmarks.md and checkable on one's own
+weights with ``virnucpro validate-precision``."""
 
 
 class DeviceKind(enum.Enum):
@@ -53,7 +79,7 @@ class DeviceKind(enum.Enum):
         if isinstance(value, DeviceKind):
             return value
         try:
-            return cls(value)
+            return cls(str(value).strip().lower())
         except ValueError:
             raise ConfigError(f"device '{value}' is not known; use auto, cpu or cuda") from None
 
@@ -76,7 +102,7 @@ class RunConfig:
     chunk_length: int = DEFAULT_CHUNK_LENGTH
     models: ModelPaths = field(default_factory=ModelPaths)
     device: DeviceKind = DeviceKind.AUTO
-    precision: Precision | None = None  # None = the device's default (fp32 on CPU)
+    precision: Precision = Precision.AUTO  # AUTO = the device's default (Precision.resolve)
     gpus: tuple[int, ...] | None = None  # None = every visible GPU
     persistent_models: bool = False
     toks_per_batch: int | None = None  # None = sized from free device memory

@@ -152,10 +152,20 @@ def test_resume_and_no_resume(sample: Path, demo_models, tmp_path: Path) -> None
 
 
 def test_default_output_dir_is_named_after_input(sample: Path, demo_models, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.chdir(tmp_path)
-    result = _invoke("predict", str(sample), "--device", "cpu", *_model_args(demo_models))
+    """Without --output-dir: <input name>_virnucpro next to the INPUT (as the flow does), not in
+    the current directory."""
+    import shutil
+
+    source = tmp_path / "data" / "s.fa"
+    source.parent.mkdir()
+    shutil.copy(sample, source)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = _invoke("predict", str(source), "--device", "cpu", *_model_args(demo_models))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "s_virnucpro" / "prediction_results.txt").exists()
+    assert (tmp_path / "data" / "s_virnucpro" / "prediction_results.txt").exists()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_verbose_flag_logs_progress(sample: Path, demo_models, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]

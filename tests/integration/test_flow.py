@@ -190,15 +190,25 @@ def test_flow_input_error_fails_the_run(harness, tmp_path: Path, model_params: d
 
 
 # -- the task runner -------------------------------------------------------------------------
+def _config(sample_fasta: Path, out: Path, model_params: dict, **extra):  # type: ignore[no-untyped-def]
+    from virnucpro.pipeline.parameters import build_config
+
+    return build_config({"input_fasta": sample_fasta, "output_dir": out, **model_params, **extra})
+
+
 def test_runner_pickles_and_duplicates() -> None:
+    from virnucpro.pipeline.lease import LeaseMode
+
     runner = GpuTaskRunner(max_workers=3, persistent_models=True)
     clone = pickle.loads(pickle.dumps(runner))
-    assert clone == runner and clone.persistent_models is True and clone.pool is None
+    assert clone == runner
     twin = runner.duplicate()
     assert twin == runner and twin is not runner
-    with runner:  # a started runner (thread pool, lock) pickles too, as settings only
+    with runner:  # a started runner (thread pool, lease) pickles too, as settings only
+        lease = runner.lease
         started = pickle.loads(pickle.dumps(runner))
-    assert started == runner and started.pool is None
+    assert lease.mode is LeaseMode.OWNED
+    assert started == runner and started.lease is not lease
     assert GpuTaskRunner(persistent_models=False) != runner
     import cloudpickle
 
@@ -218,47 +228,57 @@ def _noop() -> int:
 
 @flow(task_runner=GpuTaskRunner())
 def _probe_flow(persistent_models: bool, config, fail: bool = False) -> dict:  # type: ignore[no-untyped-def]
-    from virnucpro.pipeline.prediction import plan_run
+    """What the two feature tasks of a run get from the runner's lease."""
+    from virnucpro.pipeline.plan import plan_run
+    from virnucpro.pipeline.stage import FeatureStage
 
     runner = current_gpu_runner()
-    before = runner.persistent_models
-    _noop.submit().result()  # the first submit reads the flow run's parameters
-    after = runner.persistent_models
-    pool = runner.pool_for(plan_run(config))
-    again = runner.pool_for(plan_run(config))
+    _noop.submit().result()  # the first submit makes the lease from the flow run's parameters
+    lease = runner.lease
+    plan = plan_run(config, lease.persistent)
+    pools = []
+    for stage in FeatureStage:
+        with lease.stage_pool(list(plan.devices), plan.spec, stage) as handle:
+            pools.append(handle.pool)
+            _POOL_PIDS.extend(handle.pool.pids())
     blob = pickle.dumps(runner)  # the live pool stays out of the pickle
-    _POOL_PIDS.extend(pool.pids() if pool else [])
     if fail:
         raise RuntimeError("flow failed on purpose")
     return {
-        "before": before, "after": after, "pool": pool is not None, "same": pool is again,
-        "pids": pool.pids() if pool else [], "running": bool(pool and pool.is_running),
-        "pickled_pool": pickle.loads(blob).pool,
-        "loads": [w.total_model_loads for w in pool.workers] if pool else [],
+        "persistent": lease.persistent, "same": pools[0] is pools[1],
+        "pids": [pid for pool in pools for pid in pool.pids()],
+        "running": [pool.is_running for pool in pools],
+        "pickled_lease_fresh": pickle.loads(blob).lease is not lease,
+        "loads": [w.total_model_loads for w in pools[-1].workers],
+        "opened": lease.pools_opened,
     }
 
 
 @flow(task_runner=GpuTaskRunner(persistent_models=True))
 def _discard_flow(config):  # type: ignore[no-untyped-def]
-    """What a failed feature-task attempt does: discard the pool; the retry gets a fresh one."""
-    from virnucpro.pipeline.prediction import plan_run
+    """What a failed feature-task attempt does: the lease discards the pool; the retry gets a fresh one."""
+    from virnucpro.pipeline.plan import plan_run
+    from virnucpro.pipeline.stage import FeatureStage
 
-    runner = current_gpu_runner()
-    plan = plan_run(config)
-    broken = runner.pool_for(plan)
-    runner.discard_pool(broken)
-    fresh = runner.pool_for(plan)
-    return broken.is_running, fresh is not broken, fresh.is_running, runner.pools_opened
+    lease = current_gpu_runner().lease
+    plan = plan_run(config, True)
+    try:
+        with lease.stage_pool(list(plan.devices), plan.spec, FeatureStage.DNABERT) as broken:
+            raise RuntimeError("attempt failed")
+    except RuntimeError:
+        pass
+    with lease.stage_pool(list(plan.devices), plan.spec, FeatureStage.DNABERT) as fresh:
+        fresh_running = fresh.pool.is_running
+    return broken.pool.is_running, fresh.pool is not broken.pool, fresh_running, lease.pools_opened
 
 
 def test_feature_tasks_retry_once_on_a_fresh_pool(
     harness, sample_fasta: Path, model_params: dict, tmp_path: Path
 ) -> None:
-    from flows.predict import build_config
-    from virnucpro.orchestration.tasks import dnabert_features, esm_features
+    from virnucpro.orchestration.tasks import STEP_TASKS
 
-    assert dnabert_features.retries == esm_features.retries == 1
-    config = build_config(sample_fasta, tmp_path / "out", persistent_models=True, **model_params)
+    assert STEP_TASKS["dnabert-features"].retries == STEP_TASKS["esm-features"].retries == 1
+    config = _config(sample_fasta, tmp_path / "out", model_params, persistent_models=True)
     broken_running, replaced, fresh_running, opened = _discard_flow(config=config)
     assert not broken_running and replaced and fresh_running and opened == 2
 
@@ -276,64 +296,69 @@ def _alive(pid: int) -> bool:
 def test_runner_owns_one_pool_per_flow_run(
     harness, sample_fasta: Path, model_params: dict, tmp_path: Path
 ) -> None:
-    from flows.predict import build_config
-
-    config = build_config(sample_fasta, tmp_path / "out", persistent_models=True, **model_params)
+    config = _config(sample_fasta, tmp_path / "out", model_params, persistent_models=True)
     seen = _probe_flow(persistent_models=True, config=config)
-    assert seen["before"] is None and seen["after"] is True
-    assert seen["pool"] and seen["same"] and seen["running"] and seen["pickled_pool"] is None
+    assert seen["persistent"] and seen["same"] and seen["opened"] == 1
+    assert all(seen["running"]) and seen["pickled_lease_fresh"]
     assert seen["loads"] == [{"dnabert": 1, "esm": 1}]
     assert seen["pids"] and not any(_alive(pid) for pid in seen["pids"])  # closed at flow end
 
     off = _probe_flow(persistent_models=False, config=config)
-    assert off["after"] is False and off["pool"] is False
+    assert not off["persistent"] and not off["same"] and off["opened"] == 2  # a pool per stage
+    assert off["running"] == [False, False]  # each closed when its stage ended
+    assert off["loads"] == [{"dnabert": 0, "esm": 1}]
 
 
 def test_runner_closes_its_pool_when_the_flow_fails(
     harness, sample_fasta: Path, model_params: dict, tmp_path: Path
 ) -> None:
-    from flows.predict import build_config
-
-    config = build_config(sample_fasta, tmp_path / "out", persistent_models=True, **model_params)
+    config = _config(sample_fasta, tmp_path / "out", model_params, persistent_models=True)
     _POOL_PIDS.clear()
     state = _probe_flow(persistent_models=True, config=config, fail=True, return_state=True)
     assert state.is_failed() and "on purpose" in state.message
     assert _POOL_PIDS and not any(_alive(pid) for pid in _POOL_PIDS)
 
 
+class _KillAfterDnabert:
+    """The flow's step caller, SIGKILLing the pool's workers once the DNABERT-S task is done."""
+
+    def __init__(self) -> None:
+        from virnucpro.orchestration.tasks import PrefectSteps
+
+        self.steps = PrefectSteps()
+
+    def run(self, step, *args):  # type: ignore[no-untyped-def]
+        import signal
+
+        from virnucpro.pipeline.stage import FeatureStage
+        from virnucpro.pipeline.steps import FEATURES
+
+        value = self.steps.run(step, *args)
+        if step is FEATURES[FeatureStage.DNABERT]:
+            lease = args[3]
+            for pid in lease.pool.pids():
+                os.kill(pid, signal.SIGKILL)
+        return value
+
+    def start(self, step, *args):  # type: ignore[no-untyped-def]
+        return self.steps.start(step, *args)
+
+
 @flow(task_runner=GpuTaskRunner())
 def _killed_worker_flow(persistent_models: bool, config):  # type: ignore[no-untyped-def]
-    """The stages with the pool's worker SIGKILLed between the two feature tasks."""
-    import signal
+    """The run's steps as tasks, with the pool's worker SIGKILLed between the two feature tasks."""
+    from virnucpro.pipeline.prediction import run_prediction
 
-    from virnucpro.orchestration.tasks import (
-        classify,
-        dnabert_features,
-        esm_features,
-        prepare,
-        report,
-        resolve_plan,
-    )
-
-    plan = resolve_plan.submit(config).result()
-    prepared = prepare.submit(config).result()
-    dnabert = dnabert_features.submit(plan, prepared).result()
-    runner = current_gpu_runner()
-    for pid in runner.pool.pids():
-        os.kill(pid, signal.SIGKILL)
-    esm = esm_features.submit(plan, prepared).result()
-    classify.submit(plan, prepared).result()
-    report.submit(prepared).result()
-    return dnabert, esm, runner.pools_opened
+    lease = current_gpu_runner().lease
+    result = run_prediction(config, lease=lease, steps=_KillAfterDnabert())
+    return result.stages[0], result.stages[1], lease.pools_opened
 
 
 def test_a_killed_worker_does_not_fail_the_run(
     harness, sample_fasta: Path, model_params: dict, cli_output: Path, tmp_path: Path
 ) -> None:
-    from flows.predict import build_config
-
     out = tmp_path / "out"
-    config = build_config(sample_fasta, out, persistent_models=True, **model_params)
+    config = _config(sample_fasta, out, model_params, persistent_models=True)
     dnabert, esm, pools_opened = _killed_worker_flow(persistent_models=True, config=config)
     assert pools_opened == 1  # the pool replaced its dead worker; the run kept its pool
     assert esm.worker_restarts == 1 and esm.frames == dnabert.frames

@@ -22,7 +22,11 @@ from virnucpro.config import DeviceKind
 from virnucpro.errors import WorkerError
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.persistent_pool import ALLOCATOR_CONF, PersistentWorkerPool
-from virnucpro.pipeline.prediction import PERSISTENT_LOG_LINE, plan_run, run_prediction
+from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline.lease import PoolLease
+from virnucpro.pipeline.plan import plan_run
+from virnucpro.pipeline.prediction import run_prediction
+from virnucpro.pipeline.steps import PERSISTENT_CPU_LOG_LINE, PERSISTENT_LOG_LINE
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import prepare_stage
 from virnucpro.pipeline.work_queue import BatchQueueManager
@@ -50,7 +54,7 @@ def standard_run(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFac
 
 def _pool(demo_models, tmp_path: Path, devices=None) -> tuple[PersistentWorkerPool, object]:  # type: ignore[no-untyped-def]
     config = cpu_config(tmp_path / "x.fa", tmp_path / "out", demo_models, persistent_models=True)
-    plan = plan_run(config)
+    plan = plan_run(config, True)
     return PersistentWorkerPool(devices or list(plan.devices), plan.spec), plan
 
 
@@ -96,19 +100,22 @@ def test_memory_management(sample: Path, demo_models, tmp_path: Path) -> None:
     config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=8, persistent_models=True)
     prepared = prepare_stage(config)
     assert len(prepared.shards) >= 4
-    plan = plan_run(config)
+    plan = plan_run(config, True)
     rss = []
-    with PersistentWorkerPool(list(plan.devices), plan.spec) as pool:
-        queue = BatchQueueManager(list(plan.devices), plan.spec, use_persistent_pool=True, pool=pool)
+    with PoolLease.owned() as lease:
+        queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease)
         for cycle in range(4):
-            features = tmp_path / f"features{cycle}"
+            paths = OutputPaths.for_dir(tmp_path / f"cycle{cycle}")
             for stage in FeatureStage:
-                report = queue.run_stage(stage, list(prepared.shards), features)
+                report = queue.run_stage(stage, list(prepared.shards), paths)
                 assert report.frames == prepared.n_frames
-            rss.append(_rss_kib(pool.pids()[0]))
+            rss.append(_rss_kib(lease.pool.pids()[0]))
         queue.close()
-        assert pool.is_running  # a lent pool outlives the queue
+        pool = lease.pool
+        assert pool is not None and pool.is_running  # the caller's lease outlives the queue
         assert pool.workers[0].total_model_loads == {"dnabert": 1, "esm": 1}
+        assert lease.pools_opened == 1
+    assert not pool.is_running  # closing the lease closed its pool
     # after the first cycle warmed up allocator caches, memory is flat (10% slack)
     assert max(rss[1:]) <= rss[1] * 1.10, rss
 
@@ -144,7 +151,8 @@ def test_cli_persistent_flag(flag: str, sample: Path, demo_models, standard_run,
     info = json.loads((out / "run_info.json").read_text())
     persistent = flag == "--persistent-models"
     assert info["persistent_models"] is persistent
-    assert (PERSISTENT_LOG_LINE in caplog.text) is persistent
+    assert (PERSISTENT_CPU_LOG_LINE in caplog.text) is persistent  # a CPU worker: no GPU memory
+    assert PERSISTENT_LOG_LINE not in caplog.text  # the GPU wording only where a GPU runs
     loads = [s["model_loads"]["cpu"] for s in info["stages"]]
     if persistent:
         assert loads == [{"dnabert": 1, "esm": 1}] * 2

@@ -15,8 +15,9 @@ Layout::
     <out>/run_info.json                        provenance
     <out>/report.html                          human-readable summary
     <out>/.virnucpro_work/                     intermediates (resumable)
-        features/dnabert/  features/esm/       feature shards
-        frames.tsv  scores.npz  DONE
+        shards/  records.tsv  prepared.json     frame shards, records, the resume key
+        features/dnabert/  features/esm/       per-shard embeddings
+        scores/  DONE                          per-shard scores, the finished marker
 
 The original's prepared FASTA files (:meth:`OutputPaths.prepared`) are named after the input:
 ``<stem>_chunked<L>.fa``, ``<stem>_identified_nucleotide.fa``, ``<stem>_identified_protein.faa``,
@@ -30,7 +31,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FASTA_EXTENSIONS", "PreparedFiles", "OutputPaths", "input_stem", "prepared_paths"]
+__all__ = [
+    "FASTA_EXTENSIONS",
+    "PreparedFiles",
+    "OutputPaths",
+    "input_stem",
+    "prepared_paths",
+    "default_output_dir",
+]
 
 FASTA_EXTENSIONS = (".fa", ".fasta", ".fna", ".fas", ".ffn")
 
@@ -54,6 +62,16 @@ def input_stem(input_path: str | os.PathLike[str]) -> str:
         if lowered.endswith(extension) and len(name) > len(extension):
             return name[: -len(extension)]
     return name
+
+
+def default_output_dir(input_path: str | os.PathLike[str]) -> Path:
+    """``<input name>_virnucpro`` next to the input: the default of every entry point.
+
+    Next to the input, not in the current directory, because a deployment's working directory is
+    arbitrary (a worker's temporary folder) while the input's folder is where its owner looks.
+    """
+    path = Path(input_path)
+    return path.parent / f"{input_stem(path)}_virnucpro"
 
 
 def prepared_paths(
@@ -134,14 +152,6 @@ class OutputPaths:
         return self.features_dir / "esm"
 
     @property
-    def frames(self) -> Path:
-        return self.work_dir / "frames.tsv"
-
-    @property
-    def scores(self) -> Path:
-        return self.work_dir / "scores.npz"
-
-    @property
     def shards_dir(self) -> Path:
         """Frame shards: the work units handed to workers."""
         return self.work_dir / "shards"
@@ -160,6 +170,14 @@ class OutputPaths:
     def scores_dir(self) -> Path:
         """Per-shard classifier scores."""
         return self.work_dir / "scores"
+
+    def feature_file(self, stage: str, shard_name: str) -> Path:
+        """One shard's embeddings of one feature stage (``stage``: ``dnabert`` or ``esm``)."""
+        return self.features_dir / stage / f"{shard_name}.npz"
+
+    def score_file(self, shard_name: str) -> Path:
+        """One shard's classifier scores."""
+        return self.scores_dir / f"{shard_name}.npz"
 
     @property
     def done_marker(self) -> Path:

@@ -4,7 +4,7 @@
   checkpoint, device, used/free/total MiB, per-process MiB, torch peak per worker, time); on a
   machine without NVML one row per checkpoint saying "NVML unavailable: <why>".
 - ``prediction-summary`` (markdown): counts, calls, throughput per stage, timings, memory, model
-  checksums (from run_info.json), output paths, and a loud warning when demo models were used.
+  checksums (the run's :class:`~virnucpro.pipeline.run_info.RunInfo`), output paths, and a loud warning when demo models were used.
 - ``nightly-summary`` (markdown): one row per sample of a nightly batch.
 
 The ``*_rows``/``*_markdown`` functions are pure (testable without Prefect); ``publish_*`` create
@@ -14,7 +14,6 @@ the artifacts in the current flow or task run.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from virnucpro.orchestration.batch import STATUSES, NightReport
 from virnucpro.pipeline.memory import MemoryCheckpoint
-from virnucpro.pipeline.prediction import PredictionResult
+from virnucpro.pipeline.finalize import PredictionResult
 
 __all__ = [
     "MEMORY_ARTIFACT_KEY",
@@ -52,6 +51,7 @@ DEMO_WARNING = (
     "DEMO MODELS WITH RANDOM WEIGHTS: every call of this run is meaningless. "
     "Install the real DNABERT-S, ESM-2 and classifier weights (see README) and re-run."
 )
+"""The flow's words for a demo run (run_info.json's own is ``run_info.DEMO_WARNING``)."""
 _STAGE_OF_CHECKPOINT = {"start": "start", "after-dnabert": "DNABERT-S", "after-esm": "ESM-2", "end": "end"}
 
 
@@ -120,20 +120,13 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _read_run_info(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def summary_markdown(result: PredictionResult, run_info: Mapping[str, Any] | None = None) -> str:
-    """The ``prediction-summary`` text of one run (``run_info``: its run_info.json)."""
-    info = dict(run_info) if run_info is not None else _read_run_info(result.paths.run_info)
+def summary_markdown(result: PredictionResult) -> str:
+    """The ``prediction-summary`` text of one run."""
+    info = result.info
     prepared = result.prepared
     calls = result.report.sequence_calls
     parts: list[str] = [f"# VirNucPro prediction: `{prepared.input_path.name}`", ""]
-    if result.demo_models or info.get("demo_models"):
+    if info.demo_models:
         parts += [f"> **WARNING — {DEMO_WARNING}**", ""]
     parts += [
         "## Counts",
@@ -185,16 +178,12 @@ def summary_markdown(result: PredictionResult, run_info: Mapping[str, Any] | Non
     for note in notes:
         parts.append(f"Note: {note}")
     parts += [f"Every checkpoint: the `{MEMORY_ARTIFACT_KEY}` artifact.", "", "## Models"]
-    models = info.get("models") or {}
     parts.append(_table(
         ["model", "source", "file", "SHA-256"],
-        [[kind, m.get("source"), f"`{m.get('file', m.get('path'))}`", f"`{m.get('sha256')}`"]
-         for kind, m in models.items()],
-    ) if models else "run_info.json was not readable; model checksums unknown.")
-    paths = result.paths
+        [[kind, m.source, f"`{m.file}`", f"`{m.sha256}`"] for kind, m in info.models.items()],
+    ))
     parts += ["", "## Outputs"]
-    parts += [f"- `{p}`" for p in (paths.prediction_results, paths.highest_score, paths.sequences,
-                                   paths.run_info, paths.report)]
+    parts += [f"- `{p}`" for p in result.paths.final_outputs]
     return "\n".join(parts) + "\n"
 
 

@@ -48,6 +48,14 @@ class MemoryCheckpoint:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "MemoryCheckpoint":
+        devices = tuple(
+            DeviceMemory(**{**d, "processes": tuple(ProcessMemory(**p) for p in d.get("processes", ()))})
+            for d in data.get("devices", ())
+        )
+        return cls(**{**data, "devices": devices})
+
 
 def _visible_indices(count: int) -> list[int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

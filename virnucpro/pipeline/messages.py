@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from virnucpro.config import Precision
 from virnucpro.pipeline.stage import FeatureStage
 
 __all__ = [
@@ -21,11 +22,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """What a worker needs to load its models. Paths and strings only."""
+    """What a worker needs to load its models. Paths and enums only."""
 
     dnabert_path: Path
     esm_path: Path
-    precision: str  # Precision value, resolved by the parent
+    precision: Precision  # resolved by the parent (never AUTO)
     on_gpu: bool
     preload: tuple[FeatureStage, ...]
     toks_per_batch: int | None = None

@@ -1,4 +1,10 @@
-"""run_info.json: provenance beside every output (version, parameters, checksums, device, timings)."""
+"""run_info.json: provenance beside every output, as ONE typed record.
+
+:class:`RunInfo` is built once, at the end of a run (:func:`build_run_info`), written to
+``run_info.json`` and handed to whatever shows it (the HTML report, the Prefect artifacts), which
+read its fields instead of indexing a JSON dict. :meth:`RunInfo.read` reads a file back into the
+same record.
+"""
 
 from __future__ import annotations
 
@@ -6,136 +12,232 @@ import json
 import platform
 import socket
 import sys
-import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from virnucpro import __version__
-from virnucpro.config import RunConfig
+from virnucpro.config import Precision, RunConfig
 from virnucpro.domain.atomic import atomic_write_text
-from virnucpro.models.discovery import ResolvedModels
-from virnucpro.pipeline.devices import WorkerDevice
+from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline.memory import MemoryCheckpoint
+from virnucpro.pipeline.plan import RunPlan
+from virnucpro.pipeline.stages import ClassifyReport, PreparedSample, ReportResult
+from virnucpro.pipeline.work_queue import StageReport
 
-if TYPE_CHECKING:
-    from virnucpro.pipeline.prediction import PredictionResult
-
-__all__ = ["ModelChecksums", "build_run_info", "write_run_info", "config_dict", "RUN_INFO_VERSION"]
+__all__ = [
+    "RUN_INFO_VERSION",
+    "DEMO_WARNING",
+    "InputInfo",
+    "ModelInfo",
+    "StageInfo",
+    "RunInfo",
+    "config_dict",
+    "build_run_info",
+]
 
 RUN_INFO_VERSION = 1
+DEMO_WARNING = "DEMO MODELS WITH RANDOM WEIGHTS: every call in these outputs is meaningless"
 
 
-class ModelChecksums:
-    """SHA-256 of every model file, computed in a background thread while the run goes on."""
+@dataclass(frozen=True, slots=True)
+class InputInfo:
+    path: str
+    sha256: str
+    records: int
+    chunks: int
+    frames: int
+    shards: int
 
-    def __init__(self, models: ResolvedModels) -> None:
-        self._models = models
-        self._result: dict[str, dict[str, Any]] = {}
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="virnucpro-sha256", daemon=True)
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model file: where it is, how it was found, its SHA-256."""
+
+    path: str
+    file: str
+    sha256: str
+    source: str
+    found_via: str
+    size: int
+    hash_seconds: float
+    tokenizer: str | None = None
+    tokenizer_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("tokenizer", "tokenizer_sha256"):
+            if data[key] is None:
+                del data[key]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class StageInfo:
+    """One feature stage's counts, rates, memory and recoveries."""
+
+    stage: str
+    persistent: bool
+    shards_total: int
+    shards_skipped: int
+    frames: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+    worker_peak_mib: dict[str, float]
+    model_loads: dict[str, dict[str, int]]
+    worker_restarts: int
+    oom_retries: int
+    pool_start_seconds: float
+    frames_per_s: float
+    tokens_per_s: float
 
     @classmethod
-    def start(cls, models: ResolvedModels) -> "ModelChecksums":
-        checksums = cls(models)
-        checksums._thread.start()
-        return checksums
+    def of(cls, report: StageReport) -> "StageInfo":
+        data = asdict(report)
+        data["stage"] = report.stage.value
+        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s)
 
-    def _run(self) -> None:
-        try:
-            for location in self._models:
-                started = time.perf_counter()
-                self._result[location.kind] = {
-                    "path": str(location.path),
-                    "file": str(location.weights_file),
-                    "sha256": location.sha256(),
-                    "source": location.source,
-                    "found_via": location.found_via,
-                    "size": location.weights_file.stat().st_size,
-                    "hash_seconds": round(time.perf_counter() - started, 3),
-                }
-                if location.kind == "dnabert" and location.tokenizer_file is not None:
-                    from virnucpro.domain.checksums import sha256_file
+    @property
+    def label(self) -> str:
+        from virnucpro.pipeline.stage import FeatureStage
 
-                    self._result[location.kind]["tokenizer"] = str(location.tokenizer_file)
-                    self._result[location.kind]["tokenizer_sha256"] = sha256_file(location.tokenizer_file)
-        except BaseException as exc:  # reported in result()
-            self._error = exc
+        return FeatureStage(self.stage).label
 
-    def result(self) -> dict[str, dict[str, Any]]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return dict(self._result)
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Everything ``run_info.json`` holds, typed. Field order is the file's key order."""
+
+    run_info_version: int
+    virnucpro_version: str
+    created: str
+    host: str
+    python: str
+    platform: str
+    torch: str
+    parameters: dict[str, Any]
+    persistent_models: bool
+    input: InputInfo
+    models: dict[str, ModelInfo]
+    demo_models: bool
+    warning: str | None
+    devices: tuple[str, ...]
+    precision: Precision
+    stages: tuple[StageInfo, ...]
+    classify: ClassifyReport
+    report: ReportResult
+    memory_checkpoints: tuple[MemoryCheckpoint, ...]
+    timings_seconds: dict[str, float]
+    outputs: dict[str, str]
+
+    @property
+    def chunk_length(self) -> int:
+        return int(self.parameters["chunk_length"])
+
+    # -- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "models":
+                value = {kind: model.to_dict() for kind, model in value.items()}
+            elif f.name == "precision":
+                value = value.value
+            elif f.name == "devices":
+                value = list(value)
+            elif f.name in ("stages", "memory_checkpoints"):
+                value = [asdict(v) for v in value]
+            elif f.name in ("input", "classify", "report"):
+                value = asdict(value)
+            data[f.name] = value
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def write(self, path: Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunInfo":
+        values = dict(data)
+        values["input"] = InputInfo(**data["input"])
+        values["models"] = {kind: ModelInfo(**m) for kind, m in data["models"].items()}
+        values["devices"] = tuple(data["devices"])
+        values["precision"] = Precision(data["precision"])
+        values["stages"] = tuple(StageInfo(**s) for s in data["stages"])
+        values["classify"] = ClassifyReport(**data["classify"])
+        values["report"] = ReportResult(**data["report"])
+        values["memory_checkpoints"] = tuple(MemoryCheckpoint.from_dict(c) for c in data["memory_checkpoints"])
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: Path) -> "RunInfo":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def config_dict(config: RunConfig) -> dict[str, Any]:
+    """The run's parameters as JSON values (paths as strings, enums as their values)."""
     data = asdict(config)
     for key, value in list(data.items()):
         if isinstance(value, Path):
             data[key] = str(value)
     data["models"] = {k: (str(v) if v is not None else None) for k, v in data["models"].items()}
     data["device"] = config.device.value
-    data["precision"] = config.precision.value if config.precision else "auto"
+    data["precision"] = config.precision.value
     data["gpus"] = list(config.gpus) if config.gpus else None
     return data
 
 
 def build_run_info(
-    config: RunConfig,
-    result: "PredictionResult",
-    models: ResolvedModels,
+    plan: RunPlan,
+    prepared: PreparedSample,
+    stages: tuple[StageReport, ...],
+    classify: ClassifyReport,
+    report: ReportResult,
+    checkpoints: tuple[MemoryCheckpoint, ...],
+    timings: dict[str, float],
     checksums: dict[str, dict[str, Any]],
-    devices: list[WorkerDevice],
-    precision: str,
-    persistent_models: bool,
-) -> dict[str, Any]:
-    from virnucpro.pipeline.stages import stage_report_dict
-
+) -> RunInfo:
+    """The run's provenance record from its plan and what each step reported."""
     import torch
 
-    demo = result.demo_models
-    prepared = result.prepared
-    info: dict[str, Any] = {
-        "run_info_version": RUN_INFO_VERSION,
-        "virnucpro_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "parameters": config_dict(config),
-        "persistent_models": persistent_models,
-        "input": {
-            "path": str(prepared.input_path),
-            "sha256": prepared.input_sha256,
-            "records": prepared.n_records,
-            "chunks": prepared.n_chunks,
-            "frames": prepared.n_frames,
-            "shards": len(prepared.shards),
-        },
-        "models": checksums,
-        "demo_models": demo,
-        "warning": (
-            "DEMO MODELS WITH RANDOM WEIGHTS: every call in these outputs is meaningless"
-            if demo else None
+    paths: OutputPaths = prepared.paths
+    demo = plan.demo_models
+    return RunInfo(
+        run_info_version=RUN_INFO_VERSION,
+        virnucpro_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        host=socket.gethostname(),
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        torch=torch.__version__,
+        parameters=config_dict(plan.config),
+        persistent_models=plan.persistent_models,
+        input=InputInfo(
+            path=str(prepared.input_path),
+            sha256=prepared.input_sha256,
+            records=prepared.n_records,
+            chunks=prepared.n_chunks,
+            frames=prepared.n_frames,
+            shards=len(prepared.shards),
         ),
-        "devices": [d.name for d in devices],
-        "precision": precision,
-        "stages": [stage_report_dict(r) for r in result.stages],
-        "classify": asdict(result.classify),
-        "report": asdict(result.report),
-        "memory_checkpoints": [c.to_dict() for c in result.checkpoints],
-        "timings_seconds": {k: round(v, 4) for k, v in result.timings.items()},
-        "outputs": {
-            "prediction_results": str(result.paths.prediction_results),
-            "highest_score": str(result.paths.highest_score),
-            "sequences": str(result.paths.sequences),
-            "report": str(result.paths.report),
+        models={kind: ModelInfo(**entry) for kind, entry in checksums.items()},
+        demo_models=demo,
+        warning=DEMO_WARNING if demo else None,
+        devices=tuple(d.name for d in plan.devices),
+        precision=plan.spec.precision,
+        stages=tuple(StageInfo.of(r) for r in stages),
+        classify=classify,
+        report=report,
+        memory_checkpoints=tuple(checkpoints),
+        timings_seconds={k: round(v, 4) for k, v in timings.items()},
+        outputs={
+            "prediction_results": str(paths.prediction_results),
+            "highest_score": str(paths.highest_score),
+            "sequences": str(paths.sequences),
+            "report": str(paths.report),
         },
-    }
-    return info
-
-
-def write_run_info(path: Path, info: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=False) + "\n")
+    )

@@ -1,8 +1,9 @@
-"""The prediction stages, each a plain function over paths: prepare → features → classify → report.
+"""The prediction stages, each a plain function over paths: prepare, classify, report.
 
-Both entry points use these: :func:`virnucpro.pipeline.prediction.run_prediction` calls them in
-sequence; the Prefect flow wraps each in a task. Stages pass paths and small typed records, never
-models or tensors. Every stage is restartable: finished work on disk is checked and reused.
+(The feature stages run on workers: :func:`virnucpro.pipeline.steps.feature_step`.) The order of
+a run is :func:`virnucpro.pipeline.prediction.run_prediction`'s; the Prefect flow runs the same
+steps as tasks. Stages pass paths and small typed records, never models or tensors. Every stage is
+restartable: finished work on disk is checked and reused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,14 @@ from virnucpro.pipeline.shards import (
     write_shard,
 )
 from virnucpro.pipeline.stage import FeatureStage
-from virnucpro.pipeline.work_queue import BatchQueueManager, StageReport, feature_path
 
 __all__ = [
     "PreparedSample",
     "ClassifyReport",
     "ReportResult",
     "prepare_stage",
-    "feature_stage",
     "classify_stage",
     "report_stage",
-    "stage_report_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,12 +182,6 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-# -- features --------------------------------------------------------------------------------
-def feature_stage(prepared: PreparedSample, stage: FeatureStage, queue: BatchQueueManager) -> StageReport:
-    """Compute one stage's embeddings for every shard (skipping finished ones)."""
-    return queue.run_stage(stage, list(prepared.shards), prepared.paths.features_dir)
-
-
 # -- classify --------------------------------------------------------------------------------
 def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyReport:
     """Join both embeddings by frame ID, classify on the CPU in fp32, write scores per shard."""
@@ -203,13 +195,13 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
     input_dim = int(model.input_dim)
     skipped = 0
     for shard in prepared.shards:
-        out = paths.scores_dir / f"{shard.name}.npz"
+        out = paths.score_file(shard.name)
         ids = list(iter_shard_ids(shard.path))
         if features_complete(out, ids):
             skipped += 1
             continue
-        dnabert = load_features(feature_path(paths.features_dir, FeatureStage.DNABERT, shard), ids)
-        esm = load_features(feature_path(paths.features_dir, FeatureStage.ESM, shard), ids)
+        dnabert = load_features(paths.feature_file(FeatureStage.DNABERT.value, shard.name), ids)
+        esm = load_features(paths.feature_file(FeatureStage.ESM.value, shard.name), ids)
         merged = np.concatenate([dnabert, esm], axis=1)
         if merged.shape[1] != input_dim:
             raise ModelLoadError(
@@ -227,7 +219,7 @@ def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, Fra
     for shard in prepared.shards:
         frames = read_shard(shard.path)
         ids = [f.frame_id for f in frames]
-        probs = load_features(prepared.paths.scores_dir / f"{shard.name}.npz", ids)
+        probs = load_features(prepared.paths.score_file(shard.name), ids)
         for frame, (others, virus) in zip(frames, probs):
             yield frame.record_id, frame.chunk_id, FrameScore(frame.frame_id, float(others), float(virus))
 
@@ -280,12 +272,3 @@ def _call_records(prepared: PreparedSample, scores: list[FrameScore]) -> Iterato
                 frames_by_chunk.get(f"{record_id}_chunk_{k}", []) for k in range(1, int(n_chunks) + 1)
             ]
             yield call_sequence(record_id, int(length), chunk_frame_ids, by_id)
-
-
-def stage_report_dict(report: StageReport) -> dict:
-    data = asdict(report)
-    data["stage"] = report.stage.value
-    data["frames_per_s"] = report.frames_per_s
-    data["tokens_per_s"] = report.tokens_per_s
-    return data
-

@@ -1,10 +1,11 @@
 """BatchQueueManager: hands a stage's shards to workers and collects results by frame ID.
 
-``use_persistent_pool=True``: one :class:`PersistentWorkerPool` with BOTH models loaded serves
-every stage (and every sample, when the caller passes its own ``pool``); at a stage boundary the
-workers only empty the CUDA cache. ``False`` (the original's behaviour): each stage starts
-workers that load only that stage's model and are shut down, releasing the model and its GPU
-memory, when the stage ends.
+Which workers run a stage is the :class:`~virnucpro.pipeline.lease.PoolLease`'s business:
+``use_persistent_pool=True`` gives the manager an owned lease (ONE pool with BOTH models loaded
+serves every stage; at a stage boundary the workers only empty the CUDA cache); ``False`` (the
+original's behaviour) a per-stage lease (each stage starts workers that load only its model and are
+shut down, releasing the model and its GPU memory, when the stage ends). A caller that keeps a pool
+across samples passes its own ``lease`` (e.g. a night's pool lent to each sample).
 
 Shards are submitted largest first and pulled by whichever worker is idle, so work is balanced by
 token count, not by file count. Shards whose feature file is already complete are skipped
@@ -18,23 +19,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.devices import WorkerDevice
-from virnucpro.pipeline.messages import StageEnded, TaskDone, WorkerSpec
+from virnucpro.pipeline.lease import PoolLease
+from virnucpro.pipeline.messages import TaskDone, WorkerSpec
 from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
 from virnucpro.pipeline.shards import Shard, check_feature_ids, features_complete, iter_shard_ids
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["BatchQueueManager", "StageReport", "Progress", "feature_path"]
+__all__ = ["BatchQueueManager", "StageReport", "Progress"]
 
 logger = logging.getLogger(__name__)
-
-
-def feature_path(features_dir: Path, stage: FeatureStage, shard: Shard) -> Path:
-    """The one place a shard's feature-file path is built."""
-    return features_dir / stage.value / f"{shard.name}.npz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +80,7 @@ class StageReport:
 
 
 class BatchQueueManager:
-    """Runs feature stages over shards on a pool of workers (persistent or per stage)."""
+    """Runs feature stages over shards on the workers its lease gives it."""
 
     def __init__(
         self,
@@ -91,40 +88,27 @@ class BatchQueueManager:
         spec: WorkerSpec,
         *,
         use_persistent_pool: bool = False,
-        pool: PersistentWorkerPool | None = None,
+        lease: PoolLease | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
     ) -> None:
         self.devices = list(devices)
         self.spec = spec
-        self.use_persistent_pool = use_persistent_pool
-        self._pool = pool
-        self._owns_pool = pool is None
+        self._own_lease = lease is None
+        self.lease = lease if lease is not None else PoolLease.for_run(use_persistent_pool)
+        self.use_persistent_pool = self.lease.persistent
         self.on_progress = on_progress
         self.progress_interval = progress_interval
-        self.stage_pools_started = 0
-
-    # -- pools --------------------------------------------------------------------------------
-    def _persistent_pool(self) -> tuple[PersistentWorkerPool, float]:
-        if self._pool is not None:
-            if not self._pool.is_running:
-                self._pool.start()
-            return self._pool, 0.0
-        started = time.perf_counter()
-        spec = replace(self.spec, preload=(FeatureStage.DNABERT, FeatureStage.ESM))
-        self._pool = PersistentWorkerPool(self.devices, spec).start()
-        self.stage_pools_started += 1
-        return self._pool, time.perf_counter() - started
 
     @property
     def pool(self) -> PersistentWorkerPool | None:
-        return self._pool
+        """The resident pool, if one runs now."""
+        return self.lease.pool
 
     def close(self) -> None:
-        """Close the persistent pool if this manager created it."""
-        if self._pool is not None and self._owns_pool:
-            self._pool.close()
-            self._pool = None
+        """Close the lease if this manager made it (a caller's lease is the caller's to close)."""
+        if self._own_lease:
+            self.lease.close()
 
     def __enter__(self) -> "BatchQueueManager":
         return self
@@ -133,57 +117,40 @@ class BatchQueueManager:
         self.close()
 
     # -- a stage ------------------------------------------------------------------------------
-    def run_stage(self, stage: FeatureStage, shards: list[Shard], features_dir: Path) -> StageReport:
+    def run_stage(self, stage: FeatureStage, shards: list[Shard], paths: OutputPaths) -> StageReport:
         """Compute ``stage`` features for every shard not already on disk; verify all of them."""
         started = time.perf_counter()
         expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
-        todo = [s for s in shards if not features_complete(feature_path(features_dir, stage, s), expected[s.shard_id])]
+        todo = [s for s in shards
+                if not features_complete(paths.feature_file(stage.value, s.name), expected[s.shard_id])]
         skipped = len(shards) - len(todo)
         if skipped:
             logger.info("%s: %d of %d shards already done; resuming", stage.label, skipped, len(shards))
         dones: list[TaskDone] = []
-        ended: list[StageEnded] = []
-        pool_start = 0.0
-        restarts_before = 0
-        pool = None
-        if todo:
-            if self.use_persistent_pool:
-                pool, pool_start = self._persistent_pool()
-            else:
-                t0 = time.perf_counter()
-                pool = PersistentWorkerPool(self.devices, replace(self.spec, preload=(stage,))).start()
-                self.stage_pools_started += 1
-                pool_start = time.perf_counter() - t0
-            restarts_before = sum(w.restarts for w in pool.workers)
-            try:
-                dones = self._run_on(pool, stage, todo, features_dir, started)
-                ended = pool.end_stage(stage, release=not self.use_persistent_pool)
-            finally:
-                if not self.use_persistent_pool:
-                    pool.close()
-        frames = tokens = 0
-        for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
-            check_feature_ids(feature_path(features_dir, stage, shard), expected[shard.shard_id])
-        for done in dones:
-            frames += done.n_frames
-            tokens += done.n_tokens
         peaks: dict[str, float] = {}
         loads: dict[str, dict[str, int]] = {}
         restarts = 0
-        if pool is not None:
-            for info in pool.workers:
+        pool_start = 0.0
+        if todo:
+            with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
+                pool_start = handle.start_seconds
+                restarts_before = sum(w.restarts for w in handle.pool.workers)
+                dones = self._run_on(handle.pool, stage, todo, paths, started)
+            for info in handle.pool.workers:
                 peaks[info.name] = info.peak_mib
                 loads[info.name] = dict(info.total_model_loads)
-            restarts = sum(w.restarts for w in pool.workers) - restarts_before
-        for end in ended:
-            peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+            restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
+            for end in handle.ended:
+                peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+        for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
+            check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
         report = StageReport(
             stage=stage,
             persistent=self.use_persistent_pool,
             shards_total=len(shards),
             shards_skipped=skipped,
-            frames=frames,
-            tokens=tokens,
+            frames=sum(d.n_frames for d in dones),
+            tokens=sum(d.n_tokens for d in dones),
             padded_tokens=sum(d.padded_tokens for d in dones),
             seconds=time.perf_counter() - started,
             worker_peak_mib=peaks,
@@ -204,12 +171,12 @@ class BatchQueueManager:
         pool: PersistentWorkerPool,
         stage: FeatureStage,
         todo: list[Shard],
-        features_dir: Path,
+        paths: OutputPaths,
         started: float,
     ) -> list[TaskDone]:
         ordered = sorted(todo, key=lambda s: -s.n_tokens)  # largest first: balanced finish
         futures: dict[Future, Shard] = {
-            pool.submit(stage, s.path, feature_path(features_dir, stage, s)): s for s in ordered
+            pool.submit(stage, s.path, paths.feature_file(stage.value, s.name)): s for s in ordered
         }
         dones: list[TaskDone] = []
         remaining = set(futures)

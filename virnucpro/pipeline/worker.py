@@ -103,8 +103,6 @@ class _Worker:
     def __init__(self, name: str, spec: WorkerSpec, results: Any) -> None:
         import torch
 
-        from virnucpro.config import Precision
-
         self.torch = torch
         self.name = name
         self.spec = spec
@@ -115,7 +113,7 @@ class _Worker:
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
         self._finishing: list[Future] = []
         self.faults = _Faults.from_env()
-        self.precision = Precision(spec.precision)
+        self.precision = spec.precision
         self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
         self.embedders: dict[FeatureStage, Any] = {}
         self.budgets: dict[FeatureStage, int] = {}
@@ -171,7 +169,7 @@ class _Worker:
         if not self.spec.on_gpu:
             return 512
         free, _total = self.torch.cuda.mem_get_info(self.device)
-        elem = 4 if self.precision.value == "fp32" else 2
+        elem = self.precision.bytes_per_element
         return min(token_budget(free, embedder.dim, elem), _WARMUP_TOKENS)
 
     def release(self, stage: FeatureStage) -> None:
@@ -191,7 +189,7 @@ class _Worker:
             budget = self.spec.toks_per_batch
         elif self.spec.on_gpu:
             free, _total = self.torch.cuda.mem_get_info(self.device)
-            elem = 4 if self.precision.value == "fp32" else 2
+            elem = self.precision.bytes_per_element
             budget = token_budget(free, embedder.dim, elem)
         else:
             budget = _CPU_TOKEN_BUDGET

@@ -19,8 +19,10 @@ def test_output_paths(tmp_path: Path) -> None:
     assert paths.work_dir == tmp_path / ".virnucpro_work"
     assert paths.dnabert_features_dir == tmp_path / ".virnucpro_work" / "features" / "dnabert"
     assert paths.esm_features_dir == tmp_path / ".virnucpro_work" / "features" / "esm"
-    assert paths.frames == tmp_path / ".virnucpro_work" / "frames.tsv"
-    assert paths.scores == tmp_path / ".virnucpro_work" / "scores.npz"
+    assert paths.feature_file("esm", "shard_000001") == (
+        tmp_path / ".virnucpro_work" / "features" / "esm" / "shard_000001.npz"
+    )
+    assert paths.score_file("shard_000001") == tmp_path / ".virnucpro_work" / "scores" / "shard_000001.npz"
     assert paths.done_marker == tmp_path / ".virnucpro_work" / "DONE"
     assert len(set(paths.final_outputs)) == 5
 

@@ -1,0 +1,55 @@
+"""RunPlan: the resolved models, devices and worker settings of one run (started nothing yet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from virnucpro.config import RunConfig
+from virnucpro.models.discovery import ResolvedModels, resolve_models
+from virnucpro.pipeline.devices import WorkerDevice, plan_devices
+from virnucpro.pipeline.messages import WorkerSpec
+from virnucpro.pipeline.stage import FEATURE_STAGES
+
+__all__ = ["RunPlan", "plan_run", "resolve_run_models"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """Resolved models, devices and worker settings of one run. Paths and enums only."""
+
+    config: RunConfig
+    models: ResolvedModels
+    devices: tuple[WorkerDevice, ...]
+    spec: WorkerSpec
+    persistent_models: bool
+
+    @property
+    def demo_models(self) -> bool:
+        return any(m.source == "demo" for m in self.models)
+
+    @property
+    def on_gpu(self) -> bool:
+        return any(d.is_cuda for d in self.devices)
+
+
+def resolve_run_models(config: RunConfig) -> ResolvedModels:
+    """The three model files of ``config`` (ModelNotFoundError names what is missing)."""
+    return resolve_models(
+        config.models.dnabert, config.models.esm, config.models.classifier, config.chunk_length
+    )
+
+
+def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
+    """Resolve models and devices; start nothing."""
+    models = resolve_run_models(config)
+    devices = tuple(plan_devices(config))
+    on_gpu = any(d.is_cuda for d in devices)
+    spec = WorkerSpec(
+        dnabert_path=models.dnabert.path,
+        esm_path=models.esm.path,
+        precision=config.precision.resolve(on_gpu),
+        on_gpu=on_gpu,
+        preload=FEATURE_STAGES,
+        toks_per_batch=config.toks_per_batch,
+    )
+    return RunPlan(config, models, devices, spec, persistent_models)

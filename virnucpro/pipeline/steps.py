@@ -1,0 +1,199 @@
+"""The steps of a prediction run, listed once, and how a caller runs each one.
+
+A run is: plan → (model checksums, beside the rest) → prepare → DNABERT-S features → ESM-2
+features → classify → report → finalize, with a memory checkpoint at the start, after each feature
+stage and at the end. :func:`virnucpro.pipeline.prediction.run_prediction` walks this order; HOW a
+step is called is the caller's choice (:class:`StepCaller`):
+
+- the CLI calls each step's function directly (:class:`DirectSteps`);
+- the Prefect flow submits each step as a Prefect task of the step's name
+  (``virnucpro.orchestration.steps.PrefectSteps``), so the flow's stages are tasks without the
+  flow listing the stages again.
+
+Steps take and return paths, configs and small typed records; a feature step also gets the run's
+:class:`~virnucpro.pipeline.lease.PoolLease` (a handle, not a model).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from virnucpro.config import RunConfig
+from virnucpro.domain.checksums import sha256_file
+from virnucpro.models.discovery import ResolvedModels
+from virnucpro.pipeline.finalize import finalize_run
+from virnucpro.pipeline.lease import PoolLease
+from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
+from virnucpro.pipeline.plan import RunPlan, plan_run
+from virnucpro.pipeline.stage import FeatureStage
+from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
+from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
+
+__all__ = [
+    "Step",
+    "StepCaller",
+    "DirectSteps",
+    "Pending",
+    "PLAN",
+    "CHECKSUMS",
+    "PREPARE",
+    "FEATURES",
+    "CHECKPOINT",
+    "CLASSIFY",
+    "REPORT",
+    "FINALIZE",
+    "STEPS",
+    "model_checksums",
+    "feature_step",
+    "memory_checkpoint",
+    "PERSISTENT_LOG_LINE",
+    "PERSISTENT_CPU_LOG_LINE",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PERSISTENT_LOG_LINE = "Using persistent model loading - models will remain in GPU memory"
+PERSISTENT_CPU_LOG_LINE = "Using persistent model loading - both models stay loaded in the CPU worker"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step: its name (the Prefect task's name), its function and its Prefect task retries.
+
+    ``run_name`` is a Prefect task-run name template over the function's parameters.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    retries: int = 0
+    run_name: str | None = None
+
+
+# -- the step functions that are not stage functions of stages.py ---------------------------
+def model_checksums(models: ResolvedModels) -> dict[str, dict[str, Any]]:
+    """SHA-256 (and size, origin) of every model file; the ESM-2 file is 5.7 GB, so callers run
+    this beside the other steps."""
+    result: dict[str, dict[str, Any]] = {}
+    for location in models:
+        started = time.perf_counter()
+        entry: dict[str, Any] = {
+            "path": str(location.path),
+            "file": str(location.weights_file),
+            "sha256": location.sha256(),
+            "source": location.source,
+            "found_via": location.found_via,
+            "size": location.weights_file.stat().st_size,
+            "hash_seconds": round(time.perf_counter() - started, 3),
+        }
+        if location.kind == "dnabert" and location.tokenizer_file is not None:
+            entry["tokenizer"] = str(location.tokenizer_file)
+            entry["tokenizer_sha256"] = sha256_file(location.tokenizer_file)
+        result[location.kind] = entry
+    return result
+
+
+def feature_step(
+    plan: RunPlan,
+    prepared: Any,
+    stage: FeatureStage,
+    lease: PoolLease,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> StageReport:
+    """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives."""
+    queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
+    return queue.run_stage(stage, list(prepared.shards), prepared.paths)
+
+
+def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None) -> MemoryCheckpoint:
+    """Device memory (NVML) at a named point; says "NVML unavailable: ..." on CPU machines."""
+    checkpoint = read_checkpoint(name, worker_peaks_mib)
+    if not checkpoint.nvml_available or not checkpoint.devices:
+        logger.info("memory checkpoint %s: %s", name, checkpoint.note)
+    for device in checkpoint.devices:
+        logger.info("memory checkpoint %s: GPU %d %s used %.0f / %.0f MiB", name, device.index,
+                    device.name, device.used_mib, device.total_mib)
+    return checkpoint
+
+
+def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
+    plan = plan_run(config, persistent_models)
+    for location in plan.models:
+        logger.info("%s: %s (%s, %s)", location.kind, location.path, location.source, location.found_via)
+    logger.info("workers: %s; precision %s", ", ".join(d.name for d in plan.devices),
+                plan.spec.precision.value)
+    if plan.persistent_models:
+        logger.info(PERSISTENT_LOG_LINE if plan.on_gpu else PERSISTENT_CPU_LOG_LINE)
+    if plan.demo_models:
+        logger.warning("DEMO MODELS WITH RANDOM WEIGHTS: every call of this run is meaningless")
+    return plan
+
+
+PLAN = Step("plan-run", _plan)
+CHECKSUMS = Step("model-checksums", model_checksums)
+PREPARE = Step("prepare", prepare_stage)
+FEATURES: dict[FeatureStage, Step] = {
+    FeatureStage.DNABERT: Step("dnabert-features", feature_step, retries=1),
+    FeatureStage.ESM: Step("esm-features", feature_step, retries=1),
+}
+CHECKPOINT = Step("memory-checkpoint", memory_checkpoint, run_name="memory-checkpoint-{name}")
+CLASSIFY = Step("classify", classify_stage)
+REPORT = Step("report", report_stage)
+FINALIZE = Step("finalize", finalize_run)
+
+STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, *FEATURES.values(), CHECKPOINT, CLASSIFY, REPORT,
+                           FINALIZE)
+"""Every step of a run (the order a run takes them is :func:`run_prediction`'s)."""
+
+
+# -- callers -----------------------------------------------------------------------------------
+class Pending(Protocol[T]):
+    def result(self) -> T: ...
+
+
+class StepCaller(Protocol):
+    """How a run calls its steps: ``run`` waits for the result; ``start`` runs the step beside the
+    following ones and returns something with ``result()``."""
+
+    def run(self, step: Step, *args: Any) -> Any: ...
+
+    def start(self, step: Step, *args: Any) -> Pending[Any]: ...
+
+
+class _Background(Generic[T]):
+    """A step running in a daemon thread; ``result()`` joins it and re-raises its error."""
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], name: str) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name=f"virnucpro-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # handed to the caller in result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class DirectSteps:
+    """Calls each step's function in this process (the CLI's way)."""
+
+    def run(self, step: Step, *args: Any) -> Any:
+        return step.fn(*args)
+
+    def start(self, step: Step, *args: Any) -> Pending[Any]:
+        return _Background(step.fn, args, step.name)

@@ -16,7 +16,7 @@ Two ways to call: ``embed(sequences)`` (synchronous), or ``encode`` once, then
 pinned host memory and returns at once; ``.result()`` waits. A worker keeps one batch in flight
 while it prepares the next, so the GPU never waits for the host between batches.
 
-On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast_path` (fused q/k/v,
+On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast.fast_path` (fused q/k/v,
 compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
 lengths); on the CPU they run the plain modules, which are the fp32 reference. In bf16/fp16 on
 CUDA, batches of both models run packed (no padding): at load time the packed path is checked
@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from virnucpro.config import Precision
-from virnucpro.models.alibi_varlen import triton_alibi_available
-from virnucpro.models.dnabert import DnabertS, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.esm2 import Esm2Encoder, load_esm2
-from virnucpro.models.fast_path import FastDnabert, FastEsm2, compile_default
-from virnucpro.models.packing import PackedBatch, pack_rows
-from virnucpro.models.precision import torch_dtype
+from virnucpro.models.fast.fast_path import FastDnabert, FastEsm2, compile_default
+from virnucpro.models.fast.packing import PackedBatch, pack_rows
+from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
+from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
+from virnucpro.models.reference.esm2 import Esm2Encoder, load_esm2
+from virnucpro.models.reference.weights import torch_dtype
 
 __all__ = [
     "DnabertEmbedder",
@@ -236,7 +236,8 @@ class DnabertEmbedder:
     @property
     def packed(self) -> bool:
         """Whether batches run packed (no padding, ALiBi inside a Triton kernel: see
-        :mod:`virnucpro.models.alibi_varlen`); padded batches with the bias tensor otherwise."""
+        :mod:`virnucpro.models.kernels.alibi_varlen`); padded batches with the bias tensor
+        otherwise."""
         return self.packing.enabled
 
     @property
@@ -327,7 +328,7 @@ class Esm2Embedder:
 
     @property
     def packed(self) -> bool:
-        """Whether batches run packed (no padding; see :mod:`virnucpro.models.packing`)."""
+        """Whether batches run packed (no padding; see :mod:`virnucpro.models.fast.packing`)."""
         return self.packing.enabled
 
     @property

@@ -1,4 +1,5 @@
-"""DNABERT-S's gated GEMM with the GEGLU gate in its epilogue (:mod:`virnucpro.models.geglu_gemm`).
+"""DNABERT-S's gated GEMM with the GEGLU gate in its epilogue
+(:mod:`virnucpro.models.kernels.geglu_gemm`).
 
 CPU tests pin down the weight interleaving, the reference (the plain module's function) and the
 fallback; ``gpu`` tests hold the Triton kernel to the reference, tails and fp16 included, and
@@ -12,18 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models import geglu_gemm as module
-from virnucpro.models.dnabert import DnabertConfig, build_random_dnabert, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.fast_path import FastDnabert
-from virnucpro.models.geglu_gemm import (
+from virnucpro.models.fast.fast_path import FastDnabert
+from virnucpro.models.fast.packing import pack_rows
+from virnucpro.models.kernels import geglu_gemm as module
+from virnucpro.models.kernels.geglu_gemm import (
     geglu_gemm,
     geglu_gemm_supported,
     geglu_gemm_usable,
     geglu_reference,
     interleave_gate_up,
 )
-from virnucpro.models.packing import pack_rows
+from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 
 CPU = torch.device("cpu")
 DNA = ["ACGTTGCAGTACGATCGATCGGATTACA" * 3, "GATTACA", "TTTTTGGGGGCCCCCAAAAA" * 6, "ACGTN" * 11]

@@ -6,9 +6,9 @@ token-dropout scaling, padding rows zeroed, pre-LN layers with rotary q/k (fair-
 read with ``torch.load(weights_only=True, mmap=True)``; only ``argparse.Namespace`` is added to
 torch's allow-list (the ``cfg`` of fair-esm hub files). The contact head and LM head are not used.
 
-Precision (see :mod:`virnucpro.models.precision`): Linear layers, rotary (tables computed in
-fp32) and attention in the compute dtype, softmax inside SDPA; residual stream and LayerNorms
-fp32. In fp32 every operation is fair-esm's.
+Precision (see :mod:`.weights`): Linear layers, rotary (tables computed in fp32) and attention
+in the compute dtype, softmax inside SDPA; residual stream and LayerNorms fp32. In fp32 every
+operation is fair-esm's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.precision import assign_state, random_state, read_torch_file
+from virnucpro.models.reference.weights import assign_state, random_state, read_torch_file
 
 __all__ = [
     "ProteinAlphabet",

@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.config import Precision
-from virnucpro.models.alibi_varlen import (
+from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options, load_dnabert_embedder
+from virnucpro.models.fast.fast_path import FastDnabert
+from virnucpro.models.fast.packing import pack_rows, pool_packed
+from virnucpro.models.kernels import geglu_gemm as geglu_module
+from virnucpro.models.kernels.alibi_varlen import (
     alibi_varlen_attention,
     alibi_varlen_reference,
     alibi_varlen_usable,
 )
-from virnucpro.models.dnabert import DnabertConfig, alibi_slopes, build_random_dnabert, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options, load_dnabert_embedder
-from virnucpro.models import geglu_gemm as geglu_module
-from virnucpro.models.fast_path import FastDnabert
-from virnucpro.models.geglu_gemm import geglu_gemm_supported
-from virnucpro.models.packing import pack_rows, pool_packed
+from virnucpro.models.kernels.geglu_gemm import geglu_gemm_supported
+from virnucpro.models.reference.dnabert import DnabertConfig, alibi_slopes, build_random_dnabert, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 
 CPU = torch.device("cpu")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

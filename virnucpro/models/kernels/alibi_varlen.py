@@ -3,7 +3,7 @@
 torch's flash build refuses ALiBi ("This flash attention build does not support alibi", torch
 2.11), and its memory-efficient kernel needs a ``[B, heads, T, T]`` bias tensor and a padded
 batch. Here one Triton kernel (:func:`alibi_varlen_attention`) takes the packed q/k/v of a
-:class:`~virnucpro.models.packing.PackedBatch` straight from the fused QKV projection
+:class:`~virnucpro.models.fast.packing.PackedBatch` straight from the fused QKV projection
 (``[N, 3, heads, head]``, read through its strides: no split or transpose copies) and computes,
 for each sequence and head,
 
@@ -11,8 +11,8 @@ for each sequence and head,
 
 over that sequence's own keys only, with an online softmax in fp32 (exp2) over key blocks, as
 flash attention does. The bias is what DNABERT-S's padded module adds
-(:meth:`~virnucpro.models.dnabert.DnabertS.attention_bias`): its padding term (−10,000 on padded
-keys) only removes keys that a packed sequence does not have.
+(:meth:`~virnucpro.models.reference.dnabert.DnabertS.attention_bias`): its padding term
+(−10,000 on padded keys) only removes keys that a packed sequence does not have.
 
 :func:`alibi_varlen_reference` is the same function in plain PyTorch (one SDPA call per
 sequence): the CPU path and what the GPU tests hold the kernel to. The kernel is for CUDA in
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.packing import PackedBatch
-from virnucpro.models.triton_support import kernel_builds
+from virnucpro.models.fast.packing import PackedBatch
+from virnucpro.models.kernels.triton_support import kernel_builds
 
 __all__ = [
     "alibi_varlen_attention",

@@ -1,5 +1,5 @@
-"""GPU fast path for both encoders: the same functions as :mod:`~virnucpro.models.esm2` and
-:mod:`~virnucpro.models.dnabert`, restructured for throughput.
+"""GPU fast path for both encoders: the same functions as :mod:`~virnucpro.models.reference.esm2` and
+:mod:`~virnucpro.models.reference.dnabert`, restructured for throughput.
 
 What changes against the plain modules (which stay the CPU / fp32 reference):
 
@@ -18,19 +18,19 @@ What changes against the plain modules (which stay the CPU / fp32 reference):
 - DNABERT-S: in bf16/fp16 the attention runs in the compute dtype with the ALiBi + padding bias
   in that dtype (the plain module keeps attention in fp32); in fp32 nothing changes. The bias is
   built once per batch in 16-aligned storage and attention is an op opaque to inductor
-  (:mod:`~virnucpro.models.alibi_attention`), so no layer copies the bias. Optional
+  (:mod:`~virnucpro.models.kernels.alibi_attention`), so no layer copies the bias. Optional
   ``residual_dtype`` as for ESM-2.
 - DNABERT-S packed batches (:meth:`FastDnabert.forward_packed`, bf16/fp16 on CUDA): no padding
   and no bias tensor; ALiBi attention over each sequence's own tokens in one Triton kernel that
-  reads q/k/v from the Wqkv GEMM's output (:mod:`~virnucpro.models.alibi_varlen`), GEMMs as cuBLAS
+  reads q/k/v from the Wqkv GEMM's output (:mod:`~virnucpro.models.kernels.alibi_varlen`), GEMMs as cuBLAS
   calls, residual + post-LN norm as one Triton pass that does not store the sum, and the GEGLU
   gate as one compiled pointwise kernel. The padded path stays for fp32.
 - Optional ``residual_dtype``: the ESM-2 residual stream in the compute dtype instead of fp32
   (halves the bytes of every element-wise pass; agreement measured by the benchmark).
 - ESM-2 packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see
-  :mod:`~virnucpro.models.packing`): no padding anywhere, flash attention's variable-length
+  :mod:`~virnucpro.models.fast.packing`): no padding anywhere, flash attention's variable-length
   kernel, the q/k/v, out-proj, fc1 and fc2 GEMMs as cuBLAS calls, rotary as one compiled pointwise
-  kernel, residual + layer norm as one Triton pass (:mod:`~virnucpro.models.add_norm`), and
+  kernel, residual + layer norm as one Triton pass (:mod:`~virnucpro.models.kernels.add_norm`), and
   optionally (``fused_gelu``) fc1's bias + GELU in the GEMM's cuBLASLt epilogue (tanh GELU).
   The padded path stays for fp32 (flash needs 16-bit inputs) and for head sizes flash refuses.
 
@@ -49,17 +49,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.add_norm import add_layer_norm
-from virnucpro.models.alibi_attention import (
-    aligned_bias,
+from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
+from virnucpro.models.kernels.add_norm import add_layer_norm
+from virnucpro.models.kernels.alibi_attention import (
     alibi_attention,
+    aligned_bias,
     register_alibi_attention,
 )
-from virnucpro.models.alibi_varlen import alibi_varlen_attention
-from virnucpro.models.dnabert import DnabertS
-from virnucpro.models.esm2 import Esm2Encoder
-from virnucpro.models.geglu_gemm import geglu_gemm, geglu_gemm_supported, interleave_gate_up
-from virnucpro.models.packing import PackedBatch, pool_packed, varlen_attention
+from virnucpro.models.kernels.alibi_varlen import alibi_varlen_attention
+from virnucpro.models.kernels.geglu_gemm import geglu_gemm, geglu_gemm_supported, interleave_gate_up
+from virnucpro.models.reference.dnabert import DnabertS
+from virnucpro.models.reference.esm2 import Esm2Encoder
 
 __all__ = [
     "CompiledFunction",
@@ -413,7 +413,7 @@ class FastEsm2:
         """Last-layer representation ``[N, D]`` fp32 of a packed batch (see :mod:`.packing`).
 
         Per layer: q/k/v GEMM, rotary (compiled), flash varlen attention, out-proj GEMM, residual
-        + norm (:func:`~virnucpro.models.add_norm.add_layer_norm`, one pass), fc1 (+GELU), fc2,
+        + norm (:func:`~virnucpro.models.kernels.add_norm.add_layer_norm`, one pass), fc1 (+GELU), fc2,
         residual + the NEXT layer's norm (the final norm after the last layer).
         """
         with torch.no_grad():
@@ -465,8 +465,8 @@ def dnabert_layer(
     """One DNABERT-S layer (post-LN, ALiBi attention via ``bias``, GEGLU) on ``x [B, T, H]``.
 
     Attention runs in ``bias``'s dtype (fp32 = the plain module; bf16/fp16 = fast), through
-    :func:`~virnucpro.models.alibi_attention.alibi_attention` (give it an
-    :func:`~virnucpro.models.alibi_attention.aligned_bias`). The residual stream keeps ``x``'s
+    :func:`~virnucpro.models.kernels.alibi_attention.alibi_attention` (give it an
+    :func:`~virnucpro.models.kernels.alibi_attention.aligned_bias`). The residual stream keeps ``x``'s
     dtype (fp32 from the plain module's fp32 embeddings; see ``FastDnabert(residual_dtype=)``), and
     the layer norm parameters must be in that dtype.
     """
@@ -497,7 +497,7 @@ class FastDnabert:
     them in bf16 (the layer norms still accumulate in fp32 inside the kernel), which halves the
     bytes of every element-wise pass. Padded rows are zeroed as in :class:`DnabertS`.
     ``fused_geglu`` (packed path only): the gated GEMM and the GEGLU gate as one Triton kernel
-    (:mod:`~virnucpro.models.geglu_gemm`, weights interleaved once here: +2·I·H values per layer,
+    (:mod:`~virnucpro.models.kernels.geglu_gemm`, weights interleaved once here: +2·I·H values per layer,
     113 MB for DNABERT-S in bf16); None = on in bf16/fp16 where the kernel is supported.
     """
 
@@ -584,9 +584,9 @@ class FastDnabert:
         dtype (fp32 unless ``residual_dtype`` is set).
 
         Per layer: Wqkv GEMM; ALiBi attention over each sequence's own tokens
-        (:func:`~virnucpro.models.alibi_varlen.alibi_varlen_attention`, reading q/k/v from the
+        (:func:`~virnucpro.models.kernels.alibi_varlen.alibi_varlen_attention`, reading q/k/v from the
         GEMM's output); dense GEMM; residual + norm (one pass); the gated GEMM with the GEGLU gate
-        in its epilogue (:func:`~virnucpro.models.geglu_gemm.geglu_gemm`; or, with
+        in its epilogue (:func:`~virnucpro.models.kernels.geglu_gemm.geglu_gemm`; or, with
         ``fused_geglu`` off, the gated GEMM and the compiled gate); wo GEMM; residual + norm.
         Post-LN: the norm's output is the next residual.
         """

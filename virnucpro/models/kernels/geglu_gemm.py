@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.triton_support import kernel_builds
+from virnucpro.models.kernels.triton_support import kernel_builds
 
 __all__ = [
     "geglu_gemm",

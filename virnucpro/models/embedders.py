@@ -16,7 +16,7 @@ Two ways to call: ``embed(sequences)`` (synchronous), or ``encode`` once, then
 pinned host memory and returns at once; ``.result()`` waits. A worker keeps one batch in flight
 while it prepares the next, so the GPU never waits for the host between batches.
 
-On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast.fast_path` (fused q/k/v,
+On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast` (fused q/k/v,
 compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
 lengths); on the CPU they run the plain modules, which are the fp32 reference. In bf16/fp16 on
 CUDA, batches of both models run packed (no padding): at load time the packed path is checked
@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from virnucpro.config import Precision
-from virnucpro.models.fast.fast_path import FastDnabert, FastEsm2, compile_default
+from virnucpro.models.fast.compiled import compile_default
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.esm2 import FastEsm2
 from virnucpro.models.fast.packing import PackedBatch, pack_rows
 from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
 from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
@@ -410,8 +412,9 @@ def load_dnabert_embedder(
 ) -> DnabertEmbedder:
     """Load DNABERT-S from its directory onto ``device`` at ``precision``.
 
-    ``compile``: None = compile on CUDA in bf16/fp16 (see :func:`fast_path.compile_default`).
-    On CUDA the fast path's options follow the precision (:func:`dnabert_fast_options`).
+    ``compile``: None = compile on CUDA in bf16/fp16 (see
+    :func:`~virnucpro.models.fast.compiled.compile_default`). On CUDA the fast path's options
+    follow the precision (:func:`dnabert_fast_options`).
     """
     device = torch.device(device)
     model, tokenizer = load_dnabert(Path(path), device, torch_dtype(precision))

@@ -6,7 +6,7 @@ reduction kernel that reads the 2,560-wide row twice (measured on an H200: 1.4 m
 call, ~1.9 TB/s, 7.7% of the layer time). The Triton kernel here keeps one whole row in registers:
 ``x`` and ``y`` are read once, ``x`` and ``h`` written once.
 
-Semantics (the same as :func:`~virnucpro.models.fast.fast_path.esm_attention_output`): the sum is
+Semantics (the same as :func:`~virnucpro.models.fast.esm2.esm_attention_output`): the sum is
 rounded to ``x``'s dtype and written back into ``x`` (in place); the norm is computed in fp32 on
 that rounded sum (biased variance, as ``F.layer_norm``); ``h`` is returned in ``out_dtype``.
 :func:`add_layer_norm_reference` is the same in plain PyTorch: the CPU path and the GPU tests'

@@ -134,7 +134,7 @@ def triton_geglu_available() -> bool:
 def _build() -> Any:
     import triton
     import triton.language as tl
-    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (needed by the launch)
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (the launch needs it)
 
     @triton.jit
     def geglu_gemm_persistent(  # type: ignore[no-untyped-def]

@@ -22,13 +22,9 @@ from virnucpro.models.embedders import (
     load_dnabert_embedder,
     load_esm2_embedder,
 )
-from virnucpro.models.fast.fast_path import (
-    COMPILE_ENV,
-    CompiledFunction,
-    FastDnabert,
-    FastEsm2,
-    compile_default,
-)
+from virnucpro.models.fast.compiled import COMPILE_ENV, CompiledFunction, compile_default
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.esm2 import FastEsm2
 from virnucpro.models.reference.dnabert import load_dnabert
 from virnucpro.models.reference.esm2 import Esm2Spec, load_esm2
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from virnucpro.config import Precision
 from virnucpro.models.embedders import Esm2Embedder, load_dnabert_embedder, load_esm2_embedder
-from virnucpro.models.fast.fast_path import FastEsm2
+from virnucpro.models.fast.esm2 import FastEsm2
 from virnucpro.models.fast.packing import pack_rows, pool_packed, varlen_attention
 from virnucpro.models.reference.esm2 import Esm2Spec, load_esm2
 

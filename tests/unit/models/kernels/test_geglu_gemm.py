@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.fast.fast_path import FastDnabert
+from virnucpro.models.fast.dnabert import FastDnabert
 from virnucpro.models.fast.packing import pack_rows
 from virnucpro.models.kernels import geglu_gemm as module
 from virnucpro.models.kernels.geglu_gemm import (

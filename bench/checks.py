@@ -23,11 +23,11 @@ class CheckSections:
 
         from virnucpro.domain.calls import call_chunks
         from virnucpro.domain.records import FrameScore
-        from virnucpro.models.classifier import classify
         from virnucpro.models.demo import random_classifier
-        from virnucpro.models.dnabert import build_random_dnabert
         from virnucpro.models.embedders import DnabertEmbedder, Esm2Embedder
-        from virnucpro.models.esm2 import build_random_esm2
+        from virnucpro.models.reference.classifier import classify
+        from virnucpro.models.reference.dnabert import build_random_dnabert
+        from virnucpro.models.reference.esm2 import build_random_esm2
 
         m = self.models
         frames = self.frames500[: self.args.precision_frames]
@@ -151,7 +151,7 @@ class CheckSections:
         if fair_esm is not None:
             esm32 = getattr(m, "esm32", None)
             if esm32 is None:
-                from virnucpro.models.esm2 import build_random_esm2
+                from virnucpro.models.reference.esm2 import build_random_esm2
 
                 esm32 = build_random_esm2(m.esm_spec, self.device, torch.float32, seed=self.args.seed)
             alphabet = fair_esm.data.Alphabet.from_architecture("ESM-1b")
@@ -210,7 +210,7 @@ class CheckSections:
             self.free_gpu()
         # DNABERT-S one sequence per call, fp32 (our native module: the original's remote code
         # does not load on current transformers)
-        from virnucpro.models.dnabert import build_random_dnabert
+        from virnucpro.models.reference.dnabert import build_random_dnabert
 
         d32 = build_random_dnabert(m.dnabert_config, self.device, torch.float32, seed=self.args.seed)
         single = DnabertEmbedder(d32, m.tokenizer, fast=False)

@@ -17,8 +17,8 @@ class PipelineSections:
 
         import torch
 
-        from virnucpro.models.classifier import save_classifier
         from virnucpro.models.demo import random_classifier, write_dnabert_dir
+        from virnucpro.models.reference.classifier import save_classifier
 
         m = self.models
         started = time.perf_counter()

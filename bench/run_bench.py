@@ -261,9 +261,9 @@ class Bench(StageSections, CheckSections, PipelineSections):
     def build_models(self) -> None:
         import torch
 
-        from virnucpro.models.dnabert import DnabertConfig, build_random_dnabert
-        from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-        from virnucpro.models.esm2 import ESM2_T36_3B_UR50D, Esm2Spec, build_random_esm2
+        from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert
+        from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
+        from virnucpro.models.reference.esm2 import ESM2_T36_3B_UR50D, Esm2Spec, build_random_esm2
 
         m = self.models
         m.esm_spec = (Esm2Spec("esm2_t36_3B_UR50D", 36, 64, 4) if self.args.tiny

@@ -149,7 +149,7 @@ def models_check(chunk_length: str, dnabert_model: Path | None, esm_model: Path 
 @click.argument("target", type=click.Path(path_type=Path, dir_okay=False))
 def models_convert_classifier(source: Path, target: Path) -> None:
     """Convert an original pickled classifier (.pth) to the project's safetensors format."""
-    from virnucpro.models.classifier import load_classifier, save_classifier
+    from virnucpro.models.reference.classifier import load_classifier, save_classifier
 
     save_classifier(load_classifier(source), target)
     click.echo(str(target))

@@ -158,8 +158,8 @@ def validate_precision(
     """Embed a sample at fp32 and at each precision on ``device``; compare (see module text)."""
     import torch
 
-    from virnucpro.models.classifier import classify, load_classifier
     from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
+    from virnucpro.models.reference.classifier import classify, load_classifier
 
     say = progress or (lambda _msg: None)
     torch_device = torch.device(device)

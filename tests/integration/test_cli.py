@@ -207,7 +207,7 @@ def test_models_check_prints_sha256(demo_models) -> None:  # type: ignore[no-unt
 
 
 def test_models_convert_classifier(demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.reference.classifier import load_classifier
 
     target = tmp_path / "c.safetensors"
     assert _invoke("models", "convert-classifier", str(demo_models.classifier(500)), str(target)).exit_code == 0

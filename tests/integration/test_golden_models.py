@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from virnucpro.config import Precision
-from virnucpro.models.classifier import classify, load_classifier
-from virnucpro.models.dnabert import DnabertS, alibi_slopes
 from virnucpro.models.embedders import (
     DnabertEmbedder,
     Esm2Embedder,
     load_dnabert_embedder,
     load_esm2_embedder,
 )
+from virnucpro.models.reference.classifier import classify, load_classifier
+from virnucpro.models.reference.dnabert import DnabertS, alibi_slopes
 
 TOLERANCE = 1e-5
 CPU = torch.device("cpu")

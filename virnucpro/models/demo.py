@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from virnucpro.models.classifier import MLPClassifier, save_classifier
-from virnucpro.models.dnabert import DnabertConfig, DnabertS
-from virnucpro.models.esm2 import Esm2Encoder, Esm2Spec
-from virnucpro.models.precision import random_state
+from virnucpro.models.reference.classifier import MLPClassifier, save_classifier
+from virnucpro.models.reference.dnabert import DnabertConfig, DnabertS
+from virnucpro.models.reference.esm2 import Esm2Encoder, Esm2Spec
+from virnucpro.models.reference.weights import random_state
 
 __all__ = [
     "DemoModels",

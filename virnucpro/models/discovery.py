@@ -26,8 +26,8 @@ from typing import Literal
 
 from virnucpro.domain.checksums import sha256_file_unchanged
 from virnucpro.errors import ModelNotFoundError
-from virnucpro.models.dnabert import WEIGHT_FILES
-from virnucpro.models.dnabert_tokenizer import tokenizer_path
+from virnucpro.models.reference.dnabert import WEIGHT_FILES
+from virnucpro.models.reference.dnabert_tokenizer import tokenizer_path
 
 __all__ = [
     "ModelKind",

@@ -16,7 +16,7 @@ Two ways to call: ``embed(sequences)`` (synchronous), or ``encode`` once, then
 pinned host memory and returns at once; ``.result()`` waits. A worker keeps one batch in flight
 while it prepares the next, so the GPU never waits for the host between batches.
 
-On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast_path` (fused q/k/v,
+On CUDA the embedders use the fast path of :mod:`virnucpro.models.fast` (fused q/k/v,
 compiled layers in bf16/fp16, no host synchronisation, no attention mask for batches of equal
 lengths); on the CPU they run the plain modules, which are the fp32 reference. In bf16/fp16 on
 CUDA, batches of both models run packed (no padding): at load time the packed path is checked
@@ -28,20 +28,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
 from virnucpro.config import Precision
-from virnucpro.models.alibi_varlen import triton_alibi_available
-from virnucpro.models.dnabert import DnabertS, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.esm2 import Esm2Encoder, load_esm2
-from virnucpro.models.fast_path import FastDnabert, FastEsm2, compile_default
-from virnucpro.models.packing import PackedBatch, pack_rows
-from virnucpro.models.precision import torch_dtype
+from virnucpro.models.fast.compiled import compile_default
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.fast.packing import PackedBatch, pack_rows
+from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
+from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
+from virnucpro.models.reference.esm2 import Esm2Encoder, load_esm2
+from virnucpro.models.reference.weights import torch_dtype
 
 __all__ = [
     "DnabertEmbedder",
@@ -202,7 +206,56 @@ def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a64, b64, dim=1).min())
 
 
-class DnabertEmbedder:
+_Runner = TypeVar("_Runner", FastDnabert, FastEsm2)
+
+
+class _Embedder(ABC, Generic[_Runner]):
+    """What both embedders do alike: a batch runs packed while packing is on, padded otherwise
+    (through the fast runner on CUDA, the plain module on the CPU), and the packed path is
+    checked against the plain module."""
+
+    model: DnabertS | Esm2Encoder
+    device: torch.device
+    runner: _Runner | None
+    packing: _PackedMode
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches run packed (no padding, see :mod:`virnucpro.models.fast.packing`;
+        DNABERT-S's ALiBi inside a Triton kernel, :mod:`virnucpro.models.kernels.alibi_varlen`);
+        padded batches otherwise (DNABERT-S: with the bias tensor)."""
+        return self.packing.enabled
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @abstractmethod
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token rows, one per input (what :meth:`submit` takes)."""
+
+    @abstractmethod
+    def _padded(self, rows: Sequence[Sequence[int]], runner: _Runner | None) -> torch.Tensor:
+        """Pooled ``[N, dim]`` of a padded batch, through ``runner`` or the plain module."""
+
+    def submit(self, rows: Sequence[Sequence[int]]) -> PendingEmbedding:
+        """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
+        if not rows:
+            return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
+        if self.runner is not None:
+            mean = self.packing.run(rows, self.device, self.runner.embed_packed)
+            if mean is not None:
+                return _finish(mean)
+        return _finish(self._padded(rows, self.runner))
+
+    def check_packed(self, texts: list[str]) -> None:
+        """Packed path against the plain module on ``texts``; packing off if they disagree."""
+        if self.packed:
+            rows = self.encode(texts)
+            self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
+
+
+class DnabertEmbedder(_Embedder[FastDnabert]):
     """DNABERT-S features: ``embed(dna) -> [N, dim]`` float32 on the CPU."""
 
     def __init__(
@@ -233,16 +286,6 @@ class DnabertEmbedder:
             )  # fmt: skip
         self.packing = _PackedMode(_use_packed_dnabert(self.runner, packed), pool_ends=True)
 
-    @property
-    def packed(self) -> bool:
-        """Whether batches run packed (no padding, ALiBi inside a Triton kernel: see
-        :mod:`virnucpro.models.alibi_varlen`); padded batches with the bias tensor otherwise."""
-        return self.packing.enabled
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
     def encode(self, sequences: list[str]) -> list[list[int]]:
         """Token ids per sequence, ``[CLS]`` and ``[SEP]`` included."""
         return self.tokenizer.encode_batch(sequences) if sequences else []
@@ -250,16 +293,6 @@ class DnabertEmbedder:
     def token_lengths(self, sequences: list[str]) -> list[int]:
         """Tokens per sequence, ``[CLS]`` and ``[SEP]`` included (the padded-cost unit)."""
         return [len(ids) for ids in self.encode(sequences)]
-
-    def submit(self, rows: Sequence[Sequence[int]]) -> PendingEmbedding:
-        """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
-        if not rows:
-            return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
-        if self.runner is not None:
-            mean = self.packing.run(rows, self.device, self.runner.embed_packed)
-            if mean is not None:
-                return _finish(mean)
-        return _finish(self._padded(rows, self.runner))
 
     def _padded(self, rows: Sequence[Sequence[int]], runner: FastDnabert | None) -> torch.Tensor:
         ids = _pad(rows, self.tokenizer.pad_id, self.device)
@@ -288,14 +321,8 @@ class DnabertEmbedder:
         self.embed(seqs)
         self.check_packed(seqs[:3] + [seqs[3 % n][:40], seqs[4 % n][:300]])
 
-    def check_packed(self, sequences: list[str]) -> None:
-        """Packed path against the plain module on ``sequences``; packing off if they disagree."""
-        if self.packed:
-            rows = self.encode(sequences)
-            self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
 
-
-class Esm2Embedder:
+class Esm2Embedder(_Embedder[FastEsm2]):
     """ESM-2 features: ``embed(proteins) -> [N, dim]`` float32 on the CPU."""
 
     def __init__(
@@ -325,15 +352,6 @@ class Esm2Embedder:
             )  # fmt: skip
         self.packing = _PackedMode(_use_packed(self.runner, packed))
 
-    @property
-    def packed(self) -> bool:
-        """Whether batches run packed (no padding; see :mod:`virnucpro.models.packing`)."""
-        return self.packing.enabled
-
-    @property
-    def dim(self) -> int:
-        return self.model.dim
-
     def token_lengths(self, proteins: list[str]) -> list[int]:
         """Tokens per protein after truncation, BOS and EOS included."""
         return [min(len(p), self.max_residues) + 2 for p in proteins]
@@ -344,16 +362,6 @@ class Esm2Embedder:
         if any(not p for p in truncated):
             raise ValueError("an empty protein has no residues to average; drop it before ESM-2")
         return [self.alphabet.encode(p) for p in truncated]
-
-    def submit(self, rows: Sequence[Sequence[int]]) -> PendingEmbedding:
-        """Queue one batch of token rows (from :meth:`encode`); returns at once on CUDA."""
-        if not rows:
-            return PendingEmbedding(torch.empty((0, self.dim), dtype=torch.float32))
-        if self.runner is not None:
-            mean = self.packing.run(rows, self.device, self.runner.embed_packed)
-            if mean is not None:
-                return _finish(mean)
-        return _finish(self._padded(rows, self.runner))
 
     def _padded(self, rows: Sequence[Sequence[int]], runner: FastEsm2 | None) -> torch.Tensor:
         lengths = [len(r) for r in rows]
@@ -393,12 +401,6 @@ class Esm2Embedder:
             self.embed(proteins)
         self.check_packed(mixed[-3:] + same[:2] + [same[2 % n][:40]])
 
-    def check_packed(self, proteins: list[str]) -> None:
-        """Packed path against the plain module on ``proteins``; packing off if they disagree."""
-        if self.packed:
-            rows = self.encode(proteins)
-            self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
-
 
 def load_dnabert_embedder(
     path: Path,
@@ -409,8 +411,9 @@ def load_dnabert_embedder(
 ) -> DnabertEmbedder:
     """Load DNABERT-S from its directory onto ``device`` at ``precision``.
 
-    ``compile``: None = compile on CUDA in bf16/fp16 (see :func:`fast_path.compile_default`).
-    On CUDA the fast path's options follow the precision (:func:`dnabert_fast_options`).
+    ``compile``: None = compile on CUDA in bf16/fp16 (see
+    :func:`~virnucpro.models.fast.compiled.compile_default`). On CUDA the fast path's options
+    follow the precision (:func:`dnabert_fast_options`).
     """
     device = torch.device(device)
     model, tokenizer = load_dnabert(Path(path), device, torch_dtype(precision))

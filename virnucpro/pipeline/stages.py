@@ -187,7 +187,7 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
     """Join both embeddings by frame ID, classify on the CPU in fp32, write scores per shard."""
     import torch
 
-    from virnucpro.models.classifier import classify, load_classifier
+    from virnucpro.models.reference.classifier import classify, load_classifier
 
     started = time.perf_counter()
     paths = prepared.paths

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.alibi_attention import (
+from virnucpro.models.kernels.alibi_attention import (
     BIAS_ALIGNMENT,
     aligned_bias,
     alibi_attention,

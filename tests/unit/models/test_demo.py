@@ -10,10 +10,10 @@ import esm
 import torch
 from safetensors import safe_open
 
-from virnucpro.models.classifier import load_classifier
 from virnucpro.models.demo import DEMO_MARKER, DemoModels, is_demo_model, make_demo_models
-from virnucpro.models.dnabert import load_dnabert
-from virnucpro.models.esm2 import load_esm2
+from virnucpro.models.reference.classifier import load_classifier
+from virnucpro.models.reference.dnabert import load_dnabert
+from virnucpro.models.reference.esm2 import load_esm2
 
 CPU = torch.device("cpu")
 

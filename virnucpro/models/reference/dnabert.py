@@ -7,10 +7,10 @@ layers with a fused ``Wqkv`` and a GEGLU MLP. The module names equal the checkpo
 ``BertModel`` keys, so a state dict maps one to one (``bert.`` prefix, ``cls.`` MLM head and
 ``pooler.`` are handled by :func:`normalize_dnabert_state`).
 
-Precision (see :mod:`virnucpro.models.precision`): Linear layers run in the compute dtype; the
-residual stream, the LayerNorms and the attention itself (softmax included) are fp32, so bf16 and
-fp16 never meet the fp32 ALiBi bias that crashes the original, and cost little at DNABERT's
-~110 tokens per sequence.
+Precision (see :mod:`.weights`): Linear layers run in the compute dtype; the residual stream,
+the LayerNorms and the attention itself (softmax included) are fp32, so bf16 and fp16 never meet
+the fp32 ALiBi bias that crashes the original, and cost little at DNABERT's ~110 tokens per
+sequence.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.precision import assign_state, random_state, read_torch_file
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
+from virnucpro.models.reference.weights import assign_state, random_state, read_torch_file
 
 __all__ = [
     "DnabertConfig",

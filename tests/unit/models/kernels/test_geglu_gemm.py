@@ -1,4 +1,5 @@
-"""DNABERT-S's gated GEMM with the GEGLU gate in its epilogue (:mod:`virnucpro.models.geglu_gemm`).
+"""DNABERT-S's gated GEMM with the GEGLU gate in its epilogue
+(:mod:`virnucpro.models.kernels.geglu_gemm`).
 
 CPU tests pin down the weight interleaving, the reference (the plain module's function) and the
 fallback; ``gpu`` tests hold the Triton kernel to the reference, tails and fp16 included, and
@@ -12,18 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models import geglu_gemm as module
-from virnucpro.models.dnabert import DnabertConfig, build_random_dnabert, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.fast_path import FastDnabert
-from virnucpro.models.geglu_gemm import (
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.packing import pack_rows
+from virnucpro.models.kernels import geglu_gemm as module
+from virnucpro.models.kernels.geglu_gemm import (
     geglu_gemm,
     geglu_gemm_supported,
     geglu_gemm_usable,
     geglu_reference,
     interleave_gate_up,
 )
-from virnucpro.models.packing import pack_rows
+from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 
 CPU = torch.device("cpu")
 DNA = ["ACGTTGCAGTACGATCGATCGGATTACA" * 3, "GATTACA", "TTTTTGGGGGCCCCCAAAAA" * 6, "ACGTN" * 11]
@@ -86,7 +87,7 @@ def test_gpu_kernel_matches_reference(rows: int, dtype: torch.dtype) -> None:
     interleaved = interleave_gate_up(weight)
     assert geglu_gemm_usable(x, interleaved)
     got = geglu_gemm(x, interleaved, weight)
-    assert not module._BROKEN, module._BROKEN
+    assert module._KERNEL.failed is None, module._KERNEL.failed
     expected = geglu_reference(x.float(), weight.float())  # fp32: both are within rounding of it
     assert got.shape == (rows, 3072) and got.dtype == dtype
     cos = F.cosine_similarity(got.float(), expected, dim=1)
@@ -106,7 +107,7 @@ def test_gpu_packed_forward_uses_the_kernel_and_agrees() -> None:
     assert fused.gated_interleaved is not None  # the default where the kernel runs
     plain = FastDnabert(model, residual_dtype=torch.bfloat16, fused_geglu=False)
     got, expected = fused.embed_packed(batch), plain.embed_packed(batch)
-    assert not module._BROKEN, module._BROKEN
+    assert module._KERNEL.failed is None, module._KERNEL.failed
     assert float(F.cosine_similarity(got.double(), expected.double()).min()) > 0.9999
 
 

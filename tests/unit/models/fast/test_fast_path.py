@@ -15,22 +15,18 @@ import pytest
 import torch
 
 from virnucpro.config import Precision
-from virnucpro.models.dnabert import load_dnabert
 from virnucpro.models.embedders import (
-    dnabert_fast_options,
     DnabertEmbedder,
     Esm2Embedder,
+    dnabert_fast_options,
     load_dnabert_embedder,
     load_esm2_embedder,
 )
-from virnucpro.models.esm2 import Esm2Spec, load_esm2
-from virnucpro.models.fast_path import (
-    COMPILE_ENV,
-    CompiledFunction,
-    FastDnabert,
-    FastEsm2,
-    compile_default,
-)
+from virnucpro.models.fast.compiled import COMPILE_ENV, CompiledFunction, compile_default
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.reference.dnabert import load_dnabert
+from virnucpro.models.reference.esm2 import Esm2Spec, load_esm2
 
 CPU = torch.device("cpu")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -274,8 +270,8 @@ def test_gpu_compiled_dnabert_pads_no_bias_per_layer() -> None:
     # odd length. Head size 64 as the real model, so that kernel is the one chosen.
     from torch.profiler import ProfilerActivity, profile
 
-    from virnucpro.models.dnabert import DnabertConfig, build_random_dnabert
-    from virnucpro.models.dnabert_tokenizer import DnaTokenizer
+    from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert
+    from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 
     cuda = torch.device("cuda")
     config = DnabertConfig(hidden_size=128, num_attention_heads=2, num_hidden_layers=2,

@@ -1,6 +1,6 @@
-"""Packed DNABERT-S batches: ALiBi attention over each sequence's own tokens (no bias tensor, no
-padding) and the packed encoder computing the padded encoder's function. CPU tests use the
-reference attention (one SDPA call per sequence); ``gpu`` tests hold the Triton kernel to it."""
+"""Packed DNABERT-S batches: the packed encoder computes the padded encoder's function. CPU tests
+use the reference attention (one SDPA call per sequence); ``gpu`` tests run the Triton kernels
+(the ALiBi kernel itself: ``tests/unit/models/kernels/test_alibi_varlen.py``)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.config import Precision
-from virnucpro.models.alibi_varlen import (
-    alibi_varlen_attention,
-    alibi_varlen_reference,
-    alibi_varlen_usable,
-)
-from virnucpro.models.dnabert import DnabertConfig, alibi_slopes, build_random_dnabert, load_dnabert
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options, load_dnabert_embedder
-from virnucpro.models import geglu_gemm as geglu_module
-from virnucpro.models.fast_path import FastDnabert
-from virnucpro.models.geglu_gemm import geglu_gemm_supported
-from virnucpro.models.packing import pack_rows, pool_packed
+from virnucpro.models.fast.dnabert import FastDnabert
+from virnucpro.models.fast.packing import pack_rows, pool_packed
+from virnucpro.models.kernels import geglu_gemm as geglu_module
+from virnucpro.models.kernels.geglu_gemm import geglu_gemm_supported
+from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert, load_dnabert
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 
 CPU = torch.device("cpu")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -34,24 +29,6 @@ def gpu(test):  # type: ignore[no-untyped-def]
     return pytest.mark.gpu(_needs_cuda(test))
 
 
-def _padded_attention(qkv: torch.Tensor, lengths: list[int], heads: int) -> torch.Tensor:
-    """The padded module's attention (its own bias builder) on the same q/k/v, repacked."""
-    config = DnabertConfig(hidden_size=heads * qkv.shape[-1], num_attention_heads=heads,
-                           num_hidden_layers=1, intermediate_size=8)
-    model = build_random_dnabert(config, CPU, torch.float32)
-    width = max(lengths)
-    padded = qkv.new_zeros((len(lengths), width, 3, heads, qkv.shape[-1]))
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    start = 0
-    for i, n in enumerate(lengths):
-        padded[i, :n] = qkv[start : start + n]
-        mask[i, :n] = 1
-        start += n
-    q, k, v = padded.permute(2, 0, 3, 1, 4).unbind(0)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=model.attention_bias(mask))
-    return torch.cat([ctx[i, :, :n].transpose(0, 1) for i, n in enumerate(lengths)])
-
-
 def test_pack_rows_pool_ends_counts_every_token() -> None:
     batch = pack_rows([[5, 6, 7], [9]], CPU, pool_ends=True)
     assert batch.counts.tolist() == [3.0, 1.0]
@@ -60,18 +37,6 @@ def test_pack_rows_pool_ends_counts_every_token() -> None:
     assert torch.equal(pool_packed(hidden, batch), torch.stack([hidden[:3].mean(0), hidden[3]]))
     with pytest.raises(ValueError, match="token to average"):
         pack_rows([[1], []], CPU, pool_ends=True)
-
-
-def test_reference_is_the_padded_modules_alibi_attention() -> None:
-    torch.manual_seed(0)
-    lengths, heads, head = [7, 1, 12, 3], 12, 4
-    qkv = torch.randn(sum(lengths), 3, heads, head)
-    batch = pack_rows([[1] * n for n in lengths], CPU, pool_ends=True)
-    slopes = torch.tensor(alibi_slopes(heads))
-    got = alibi_varlen_reference(qkv, batch, slopes, head**-0.5)
-    torch.testing.assert_close(got, _padded_attention(qkv, lengths, heads))
-    assert not alibi_varlen_usable(qkv)  # CPU: the reference is what runs
-    torch.testing.assert_close(alibi_varlen_attention(qkv, batch, slopes, head**-0.5), got)
 
 
 def test_packed_forward_equals_padded_fp32(demo_dnabert_dir: Path) -> None:
@@ -141,42 +106,6 @@ def test_packed_failure_and_self_check_fall_back_to_padded(
 
 # -- device machine ---------------------------------------------------------------------------
 @gpu
-@pytest.mark.parametrize("head", [32, 64])
-def test_gpu_triton_alibi_kernel_matches_reference(head: int) -> None:
-    cuda = torch.device("cuda")
-    torch.manual_seed(0)
-    lengths, heads = [1, 2, 63, 64, 65, 101, 128, 130, 257, 502], 12
-    fused = torch.randn(sum(lengths), 3 * heads * head, device=cuda, dtype=torch.bfloat16)
-    qkv = fused.view(-1, 3, heads, head)  # the Wqkv GEMM's output, read through its strides
-    batch = pack_rows([[1] * n for n in lengths], cuda, pool_ends=True)
-    slopes = torch.tensor(alibi_slopes(heads), device=cuda)
-    assert alibi_varlen_usable(qkv)
-    got = alibi_varlen_attention(qkv, batch, slopes, head**-0.5)
-    want = alibi_varlen_reference(qkv.float(), batch, slopes, head**-0.5)
-    assert got.shape == (sum(lengths), heads, head) and got.dtype == torch.bfloat16
-    assert float((got.float() - want).abs().max()) < 2e-2
-    cos = F.cosine_similarity(got.float().flatten(1), want.flatten(1))
-    assert float(cos.min()) > 0.9999
-
-
-@gpu
-def test_gpu_triton_alibi_kernel_takes_more_sequences_than_a_grid_axis_holds() -> None:
-    cuda = torch.device("cuda")
-    torch.manual_seed(1)
-    lengths, heads, head = [1, 2, 3] * 23_000, 2, 16  # 69,000 sequences > 65,535 (a y/z grid limit)
-    qkv = torch.randn(sum(lengths), 3, heads, head, device=cuda, dtype=torch.float16)
-    slopes = torch.tensor(alibi_slopes(heads), device=cuda)
-    got = alibi_varlen_attention(qkv, pack_rows([[1] * n for n in lengths], cuda, pool_ends=True),
-                                 slopes, head**-0.5)
-    assert alibi_varlen_usable(qkv)  # the kernel ran: no fallback to the reference for good
-    tail = lengths[-9:]
-    start = sum(lengths) - sum(tail)
-    tail_batch = pack_rows([[1] * n for n in tail], cuda, pool_ends=True)
-    want = alibi_varlen_reference(qkv[start:].float(), tail_batch, slopes, head**-0.5)
-    assert float((got[start:].float() - want).abs().max()) < 1e-2
-
-
-@gpu
 def test_gpu_packed_dnabert_is_the_default_and_agrees() -> None:
     cuda = torch.device("cuda")
     config = DnabertConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=2,
@@ -195,7 +124,7 @@ def test_gpu_packed_dnabert_is_the_default_and_agrees() -> None:
     assert all(fn.failed is None for fn in runner.compiled_functions)
     if geglu_gemm_supported(cuda):  # Hopper or newer: the gate runs in the gated GEMM's epilogue
         assert runner.gated_interleaved is not None and runner.packed_geglu.calls == 0
-        assert not geglu_module._BROKEN
+        assert geglu_module._KERNEL.failed is None, geglu_module._KERNEL.failed
     else:
         assert runner.gated_interleaved is None and runner.packed_geglu.calls > 0
     assert runner.layer.calls == 0

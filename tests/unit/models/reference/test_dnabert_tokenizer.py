@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.dnabert_tokenizer import DnaTokenizer, tokenizer_path
+from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer, tokenizer_path
 
 SEQUENCES = ["ACGTACGGTTAC" * 40, "GATTACA", "", "ACGNNNRYacgt", "N" * 10, "TTGACC" * 83 + "A"]
 

@@ -7,7 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.add_norm import add_layer_norm, add_layer_norm_reference, triton_add_norm_available
+from virnucpro.models.kernels.add_norm import (
+    add_layer_norm,
+    add_layer_norm_reference,
+    triton_add_norm_available,
+)
 
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

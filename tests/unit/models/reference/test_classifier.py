@@ -14,14 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.classifier import (
+from virnucpro.models.demo import random_classifier, write_original_classifier
+from virnucpro.models.reference.classifier import (
     CLASSIFY_BATCH_ROWS,
     MLPClassifier,
     classify,
     load_classifier,
     save_classifier,
 )
-from virnucpro.models.demo import random_classifier, write_original_classifier
 
 
 def _globals_in(path: Path) -> set[str]:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from virnucpro.config import Precision
 from virnucpro.models.embedders import Esm2Embedder, load_dnabert_embedder, load_esm2_embedder
-from virnucpro.models.esm2 import Esm2Spec, load_esm2
-from virnucpro.models.fast_path import FastEsm2
-from virnucpro.models.packing import pack_rows, pool_packed, varlen_attention
+from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.fast.packing import pack_rows, pool_packed, varlen_attention
+from virnucpro.models.reference.esm2 import Esm2Spec, load_esm2
 
 CPU = torch.device("cpu")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.dnabert import (
+from virnucpro.models.reference.dnabert import (
     DnabertConfig,
     DnabertS,
     alibi_slopes,

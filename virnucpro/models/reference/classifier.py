@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.precision import check_state_keys, read_torch_file
+from virnucpro.models.reference.weights import check_state_keys, read_torch_file
 
 __all__ = [
     "MLPClassifier",

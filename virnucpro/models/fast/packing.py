@@ -7,7 +7,7 @@ only attention needs to know where one sequence ends — it gets the cumulative 
 (``cu_seqlens``) and runs flash attention's variable-length kernel, which never looks across a
 boundary. Used for ESM-2 (rotary positions are per sequence, so packing changes nothing else)
 and for DNABERT-S, whose ALiBi attention runs in its own Triton kernel instead
-(:mod:`~virnucpro.models.alibi_varlen`: torch's flash build refuses ALiBi).
+(:mod:`~virnucpro.models.kernels.alibi_varlen`: torch's flash build refuses ALiBi).
 
 Everything index-like is built on the host with numpy into one buffer and sent in one pinned copy.
 Pooling gathers each sequence's rows into ``[B, T_max, D]`` (zero rows for positions that do not

@@ -6,7 +6,7 @@ reduction kernel that reads the 2,560-wide row twice (measured on an H200: 1.4 m
 call, ~1.9 TB/s, 7.7% of the layer time). The Triton kernel here keeps one whole row in registers:
 ``x`` and ``y`` are read once, ``x`` and ``h`` written once.
 
-Semantics (the same as :func:`~virnucpro.models.fast_path.esm_attention_output`): the sum is
+Semantics (the same as :func:`~virnucpro.models.fast.esm2.esm_attention_output`): the sum is
 rounded to ``x``'s dtype and written back into ``x`` (in place); the norm is computed in fp32 on
 that rounded sum (biased variance, as ``F.layer_norm``); ``h`` is returned in ``out_dtype``.
 :func:`add_layer_norm_reference` is the same in plain PyTorch: the CPU path and the GPU tests'
@@ -15,19 +15,14 @@ reference.
 
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.triton_support import kernel_builds
+from virnucpro.models.kernels.triton_support import TritonKernel
 
 __all__ = ["add_layer_norm", "add_layer_norm_reference", "triton_add_norm_available"]
-
-logger = logging.getLogger(__name__)
-_BROKEN: list[str] = []  # set once a launch failed: every later call uses the reference
 
 
 def add_layer_norm_reference(
@@ -43,14 +38,12 @@ def add_layer_norm_reference(
     return x, h.to(out_dtype)
 
 
-@functools.cache
 def triton_add_norm_available() -> bool:
     """Triton importable and a CUDA device present (the kernel is CUDA-only)."""
-    return kernel_builds(_kernel)
+    return _KERNEL.available()
 
 
-@functools.cache
-def _kernel() -> Any:
+def _build() -> Any:
     import triton
     import triton.language as tl
 
@@ -78,6 +71,9 @@ def _kernel() -> Any:
     return add_norm
 
 
+_KERNEL = TritonKernel("add+norm kernel", _build)
+
+
 def add_layer_norm(
     x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
     out_dtype: torch.dtype, *, store_sum: bool = True,
@@ -90,8 +86,7 @@ def add_layer_norm(
         and y.is_contiguous()
         and y.shape == x.shape
         and x.shape[0] > 0
-        and not _BROKEN
-        and triton_add_norm_available()
+        and _KERNEL.usable()
     )
     if not usable:
         return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
@@ -101,13 +96,7 @@ def add_layer_norm(
     h = torch.empty((rows, cols), dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(cols)
     warps = 8 if block >= 2048 else 4 if block >= 512 else 2
-    try:
-        _kernel()[(rows,)](x, y, weight, bias, h, cols, eps, BLOCK=block, num_warps=warps,
-                           STORE_SUM=store_sum)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # a Triton that cannot build the kernel: same function in PyTorch
-        _BROKEN.append(f"{type(exc).__name__}: {exc}")
-        logger.warning("Triton add+norm kernel failed (%s); using PyTorch", _BROKEN[0].splitlines()[0][:300])
+    if not _KERNEL.launch((rows,), x, y, weight, bias, h, cols, eps, BLOCK=block, num_warps=warps,
+                          STORE_SUM=store_sum):
         return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
     return x, h

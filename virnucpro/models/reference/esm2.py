@@ -6,9 +6,9 @@ token-dropout scaling, padding rows zeroed, pre-LN layers with rotary q/k (fair-
 read with ``torch.load(weights_only=True, mmap=True)``; only ``argparse.Namespace`` is added to
 torch's allow-list (the ``cfg`` of fair-esm hub files). The contact head and LM head are not used.
 
-Precision (see :mod:`virnucpro.models.precision`): Linear layers, rotary (tables computed in
-fp32) and attention in the compute dtype, softmax inside SDPA; residual stream and LayerNorms
-fp32. In fp32 every operation is fair-esm's.
+Precision (see :mod:`.weights`): Linear layers, rotary (tables computed in fp32) and attention
+in the compute dtype, softmax inside SDPA; residual stream and LayerNorms fp32. In fp32 every
+operation is fair-esm's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.precision import assign_state, random_state, read_torch_file
+from virnucpro.models.reference.weights import assign_state, random_state, read_torch_file
 
 __all__ = [
     "ProteinAlphabet",
@@ -40,9 +40,13 @@ __all__ = [
     "read_esm2_checkpoint",
     "load_esm2",
     "build_random_esm2",
+    "apply_rotary",
+    "MASK_RATIO_TRAIN",
 ]
 
-_MASK_RATIO_TRAIN = 0.15 * 0.8
+MASK_RATIO_TRAIN = 0.15 * 0.8
+"""fair-esm's ``mask_ratio_train``: token dropout rescales embeddings by ``(1 − this) / (1 − the
+observed mask ratio)``."""
 _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 _IGNORED_PREFIXES = ("lm_head.", "contact_head.")
 _INV_FREQ = ".self_attn.rot_emb.inv_freq"
@@ -134,7 +138,9 @@ class _RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding: ``x·cos + rotate_half(x)·sin`` (fair-esm's
+    ``apply_rotary_pos_emb``; ``cos``/``sin`` from the rotary tables)."""
     return x * cos + _rotate_half(x) * sin
 
 
@@ -161,8 +167,8 @@ class _SelfAttention(nn.Module):
         h = x.to(self.q_proj.weight.dtype)
         batch, length, _ = h.shape
         shape = (batch, length, self.heads, self.head_dim)
-        q = _rotary((self.q_proj(h) * self.scaling).view(shape), cos, sin)
-        k = _rotary(self.k_proj(h).view(shape), cos, sin)
+        q = apply_rotary((self.q_proj(h) * self.scaling).view(shape), cos, sin)
+        k = apply_rotary(self.k_proj(h).view(shape), cos, sin)
         v = self.v_proj(h).view(shape)
         context = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask, scale=1.0
@@ -219,7 +225,7 @@ class Esm2Encoder(nn.Module):
             masked = tokens.eq(self.alphabet.mask_idx)
             x = x.masked_fill(masked.unsqueeze(-1), 0.0)
             observed = masked.sum(-1).to(x.dtype) / (~padding).sum(-1)
-            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
+            x = x * (1 - MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
         x = x * (1 - padding.unsqueeze(-1).type_as(x))
         key_mask = (~padding)[:, None, None, :] if bool(padding.any()) else None
         cos, sin = self.layers[0].self_attn.rot_emb.tables(

@@ -3,7 +3,7 @@
 torch's flash build refuses ALiBi ("This flash attention build does not support alibi", torch
 2.11), and its memory-efficient kernel needs a ``[B, heads, T, T]`` bias tensor and a padded
 batch. Here one Triton kernel (:func:`alibi_varlen_attention`) takes the packed q/k/v of a
-:class:`~virnucpro.models.packing.PackedBatch` straight from the fused QKV projection
+:class:`~virnucpro.models.fast.packing.PackedBatch` straight from the fused QKV projection
 (``[N, 3, heads, head]``, read through its strides: no split or transpose copies) and computes,
 for each sequence and head,
 
@@ -11,8 +11,8 @@ for each sequence and head,
 
 over that sequence's own keys only, with an online softmax in fp32 (exp2) over key blocks, as
 flash attention does. The bias is what DNABERT-S's padded module adds
-(:meth:`~virnucpro.models.dnabert.DnabertS.attention_bias`): its padding term (−10,000 on padded
-keys) only removes keys that a packed sequence does not have.
+(:meth:`~virnucpro.models.reference.dnabert.DnabertS.attention_bias`): its padding term
+(−10,000 on padded keys) only removes keys that a packed sequence does not have.
 
 :func:`alibi_varlen_reference` is the same function in plain PyTorch (one SDPA call per
 sequence): the CPU path and what the GPU tests hold the kernel to. The kernel is for CUDA in
@@ -21,16 +21,16 @@ bf16/fp16 with a power-of-two head size of 16–128 (DNABERT-S: 64); elsewhere t
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.packing import PackedBatch
-from virnucpro.models.triton_support import kernel_builds
+from virnucpro.models.kernels.triton_support import TritonKernel
+
+if TYPE_CHECKING:  # only its fields are read: the kernels do not import the fast path
+    from virnucpro.models.fast.packing import PackedBatch
 
 __all__ = [
     "alibi_varlen_attention",
@@ -38,9 +38,6 @@ __all__ = [
     "alibi_varlen_usable",
     "triton_alibi_available",
 ]
-
-logger = logging.getLogger(__name__)
-_BROKEN: list[str] = []  # set once a launch failed: every later call uses the reference
 
 BLOCK_M = 64
 """Queries per program (a 500-bp chunk is ~100 DNABERT-S tokens: two query blocks)."""
@@ -79,8 +76,7 @@ def alibi_varlen_usable(qkv: torch.Tensor) -> bool:
         and qkv.stride(-1) == 1
         and qkv.dtype in (torch.bfloat16, torch.float16)
         and head in (16, 32, 64, 128)
-        and not _BROKEN
-        and triton_alibi_available()
+        and _KERNEL.usable()
     )
 
 
@@ -98,31 +94,23 @@ def alibi_varlen_attention(
     out = torch.empty((rows, heads, head), dtype=qkv.dtype, device=qkv.device)
     blocks = -(-batch.max_length // block_m)
     grid = (batch.n_sequences * blocks, heads)  # a sequence's query blocks side by side (its k/v in L2)
-    try:
-        _kernel()[grid](
-            qkv, out, batch.cu_seqlens, slopes.float().contiguous(), scale * math.log2(math.e),
-            qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1), blocks,
-            HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # a Triton that cannot build the kernel: same function in PyTorch
-        _BROKEN.append(f"{type(exc).__name__}: {exc}")
-        logger.warning(
-            "Triton ALiBi attention failed (%s); using PyTorch", _BROKEN[0].splitlines()[0][:300]
-        )
+    launched = _KERNEL.launch(
+        grid,
+        qkv, out, batch.cu_seqlens, slopes.float().contiguous(), scale * math.log2(math.e),
+        qkv.stride(0), qkv.stride(1), qkv.stride(2), out.stride(0), out.stride(1), blocks,
+        HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    if not launched:
         return alibi_varlen_reference(qkv, batch, slopes, scale)
     return out
 
 
-@functools.cache
 def triton_alibi_available() -> bool:
     """Triton importable and a CUDA device present (the kernel is CUDA-only)."""
-    return kernel_builds(_kernel)
+    return _KERNEL.available()
 
 
-@functools.cache
-def _kernel() -> Any:
+def _build() -> Any:
     import triton
     import triton.language as tl
 
@@ -175,3 +163,6 @@ def _kernel() -> Any:
             )  # fmt: skip
 
     return alibi_varlen
+
+
+_KERNEL = TritonKernel("ALiBi attention", _build)

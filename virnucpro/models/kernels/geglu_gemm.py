@@ -18,14 +18,12 @@ the reference rounds the GEMM output first. Both are within the dtype's rounding
 
 from __future__ import annotations
 
-import functools
-import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.triton_support import kernel_builds
+from virnucpro.models.kernels.triton_support import TritonKernel
 
 __all__ = [
     "geglu_gemm",
@@ -35,9 +33,6 @@ __all__ = [
     "interleave_gate_up",
     "triton_geglu_available",
 ]
-
-logger = logging.getLogger(__name__)
-_BROKEN: list[str] = []  # set once a launch failed: every later call uses the reference
 
 BLOCK_M = 256
 BLOCK_N = 128
@@ -82,7 +77,7 @@ def geglu_gemm_usable(
         and hidden % block_k == 0
         and interleaved.shape[1] == hidden
         and interleaved.shape[0] % block_n == 0
-        and not _BROKEN
+        and _KERNEL.failed is None
         and geglu_gemm_supported(x.device)
     )
 
@@ -120,37 +115,26 @@ def geglu_gemm(
         TensorDescriptor.from_tensor(out, [block_m, half]),
     )
     programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count)
-    try:
-        _kernel()[(programs,)](
-            *descriptors, rows, hidden, inter // half,
-            PROGRAMS=programs, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=warps, num_stages=stages,
-        )  # fmt: skip
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # a Triton or GPU that cannot run the kernel: GEMM + element-wise
-        _BROKEN.append(f"{type(exc).__name__}: {exc}")
-        logger.warning("Triton GEGLU GEMM failed (%s); using PyTorch", _BROKEN[0].splitlines()[0][:300])
+    launched = _KERNEL.launch(
+        (programs,),
+        *descriptors, rows, hidden, inter // half,
+        PROGRAMS=programs, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    if not launched:  # a Triton or GPU that cannot run the kernel: GEMM + element-wise
         return geglu_reference(x, weight)
     return out
 
 
-@functools.cache
 def triton_geglu_available() -> bool:
     """Triton with host tensor descriptors importable and a CUDA device present."""
-
-    def build() -> Any:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-
-        return _kernel()
-
-    return kernel_builds(build)
+    return _KERNEL.available()
 
 
-@functools.cache
-def _kernel() -> Any:
+def _build() -> Any:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (the launch needs it)
 
     @triton.jit
     def geglu_gemm_persistent(  # type: ignore[no-untyped-def]
@@ -175,3 +159,6 @@ def _kernel() -> Any:
             out_desc.store([block_m * BLOCK_M, block_n * (BLOCK_N // 2)], out.to(out_desc.dtype))
 
     return geglu_gemm_persistent
+
+
+_KERNEL = TritonKernel("GEGLU GEMM", _build)

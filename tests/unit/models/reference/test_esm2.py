@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.esm2 import (
+from virnucpro.models.reference.esm2 import (
     ESM2_T36_3B_UR50D,
     Esm2Spec,
     ProteinAlphabet,
@@ -152,7 +152,7 @@ def test_full_size_spec_constants() -> None:
     spec = ESM2_T36_3B_UR50D
     assert (spec.num_layers, spec.embed_dim, spec.attention_heads) == (36, 2560, 40)
     with torch.device("meta"):
-        from virnucpro.models.esm2 import Esm2Encoder
+        from virnucpro.models.reference.esm2 import Esm2Encoder
 
         model = Esm2Encoder(ESM2_T36_3B_UR50D)
     # fair-esm's 2,839,005,634 parameters include the LM head (dense + layer norm + bias) and

@@ -16,6 +16,7 @@ DOMAIN_MODULES = [
     "prepare",
     "records",
     "tables",
+    "thresholds",
     "translation",
 ]
 

@@ -43,7 +43,7 @@ def chunk_starts(length: int, chunk_length: int) -> list[int]:
 
 
 def chunk_spans(length: int, chunk_length: int) -> list[tuple[int, int]]:
-    """``(first, last)`` base of every chunk, 1-based and inclusive (the last one cut at ``length``)."""
+    """``(first, last)`` base of every chunk, 1-based and inclusive (the last one cut at L)."""
     return [
         (start + 1, min(start + chunk_length, length))
         for start in chunk_starts(length, chunk_length)

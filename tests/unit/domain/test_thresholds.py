@@ -88,7 +88,7 @@ def test_explicit_options_override_the_preset() -> None:
 
 
 def test_unknown_preset_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"unknown preset 'strict'.*relaxed, default, conservative"):
+    with pytest.raises(ConfigError, match=r"preset 'strict'.*relaxed, default, conservative"):
         resolve_thresholds("strict")
 
 

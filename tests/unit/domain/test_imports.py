@@ -8,6 +8,7 @@ from pathlib import Path
 
 DOMAIN_MODULES = [
     "atomic",
+    "calibration",
     "calls",
     "checksums",
     "chunking",
@@ -15,6 +16,7 @@ DOMAIN_MODULES = [
     "outputs",
     "prepare",
     "records",
+    "regions",
     "tables",
     "thresholds",
     "translation",

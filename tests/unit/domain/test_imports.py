@@ -13,6 +13,7 @@ DOMAIN_MODULES = [
     "checksums",
     "chunking",
     "fasta",
+    "handoff",
     "outputs",
     "prepare",
     "records",

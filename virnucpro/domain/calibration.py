@@ -55,6 +55,7 @@ __all__ = [
     "log_loss",
     "fit_temperature",
     "fit_calibration",
+    "fit_labelled_run",
     "fdr_column",
     "calibrate_calls",
     "write_calibration",
@@ -337,6 +338,25 @@ def fit_calibration(
     )
 
 
+def fit_labelled_run(
+    calls: Iterable[SequenceCall],
+    labels_path: str | os.PathLike[str],
+    *,
+    fitted_on: str = "",
+    chunk_length: int | None = None,
+) -> Calibration:
+    """``virnucpro calibrate``: fit on a run's calls (``prediction_sequences.tsv``) and labels.
+
+    Raises :class:`InputError` as :func:`read_labels` and :func:`match_labels` do.
+    """
+    labels = read_labels(labels_path)
+    scores = {call.record_id: call.virus_score for call in calls}
+    fit_scores, fit_labels = match_labels(labels, scores, labels_path)
+    return fit_calibration(
+        fit_scores, fit_labels, fitted_on=fitted_on or str(labels_path), chunk_length=chunk_length
+    )
+
+
 # --------------------------------------------------------------------------------------- FDR
 def fdr_column(scores: Sequence[float]) -> list[float]:
     """The FDR of each call from its calibrated score, in the order given (module docstring)."""
@@ -366,11 +386,12 @@ def calibrate_calls(
         for call in calls
     ]
     called = [
-        i for i, call in enumerate(calibrated)
+        (i, call.calibrated_virus_score)
+        for i, call in enumerate(calibrated)
         if call.call is SequenceCallLabel.VIRUS and call.calibrated_virus_score is not None
     ]
-    fdr = fdr_column([calibrated[i].calibrated_virus_score for i in called])  # type: ignore[misc]
-    for i, value in zip(called, fdr):
+    fdr = fdr_column([score for _, score in called])
+    for (i, _), value in zip(called, fdr):
         calibrated[i] = replace(calibrated[i], fdr=value)
     return calibrated
 

@@ -21,6 +21,7 @@ from virnucpro.domain.calibration import (
     expected_calibration_error,
     fdr_column,
     fit_calibration,
+    fit_labelled_run,
     fit_temperature,
     log_loss,
     match_labels,
@@ -281,3 +282,20 @@ def test_edited_temperature_is_rejected(tmp_path: Path) -> None:
 def test_missing_calibration_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"calibration file not found.*virnucpro calibrate"):
         read_calibration(tmp_path / "none.json")
+
+
+def test_fit_labelled_run_from_a_runs_calls(tmp_path: Path) -> None:
+    scores, labels = _synthetic(200, sharpen=3.0, seed=2)
+    calls = [
+        _call(f"s{i}", SequenceCallLabel.VIRUS if s >= 0.5 else SequenceCallLabel.NON_VIRUS, s)
+        for i, s in enumerate(scores)
+    ]
+    calls.append(_call("nocall", SequenceCallLabel.NO_CALL, None))
+    path = tmp_path / "labels.tsv"
+    path.write_text(
+        "".join(f"s{i}\t{'virus' if y else 'non-virus'}\n" for i, y in enumerate(labels))
+        + "nocall\tvirus\n"
+    )
+    calibration = fit_labelled_run(calls, path, chunk_length=500)
+    assert calibration == fit_calibration(scores, labels, fitted_on=str(path), chunk_length=500)
+    assert calibration.temperature > 1.5

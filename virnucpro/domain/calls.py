@@ -24,6 +24,22 @@ Reported with it: ``max_virus_score`` (the highest P(virus) of any frame of the 
 ``mean_chunk_virus_score`` (mean over scored chunks of the chunk's highest P(virus)) and
 ``best_frame_id`` (the frame with the highest P(virus); the first one on ties). Scores are absent
 (``None``) for a record without scored chunk.
+
+Thresholds (:mod:`virnucpro.domain.thresholds`) change steps 1 and 4: with ``min_score`` set, a
+chunk counts as virus when its chunk score reaches it, and the sequence is virus when
+``virus_fraction >= min_virus_fraction``. The default thresholds are the rules above exactly. The
+per-chunk table keeps the original rule whatever the thresholds (:func:`call_chunks` takes none).
+
+The sequence's ``virus_score`` is the mean of the chunk scores of its scored chunks, each weighted
+by the chunk's length in bp (the last chunk is usually shorter, REFERENCE §2, and counts less); it
+lies in [0, 1] and is ``None`` for a no-call. It needs the chunks' coordinates: a
+:class:`RecordTrack` has them; :func:`call_sequence` without ``chunk_length`` leaves it ``None``.
+It is reported beside the call, not used by it. ``description`` is the FASTA header after the ID.
+
+The *track* of a record (:class:`RecordTrack`, from :func:`build_track` or :func:`track_of`) is
+every chunk in order with its 1-based inclusive bp span and its call (``None`` when unscored); the
+per-sequence call (:func:`call_track`) and the viral regions (:mod:`virnucpro.domain.regions`) are
+both read from it.
 """
 
 from __future__ import annotations
@@ -33,8 +49,10 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from virnucpro.domain.chunking import chunk_spans
 from virnucpro.domain.prepare import RecordFrames
 from virnucpro.domain.records import FrameScore
+from virnucpro.domain.thresholds import DEFAULT_THRESHOLDS, CallThresholds, chunk_score
 
 __all__ = [
     "VIRUS_FRACTION_THRESHOLD",
@@ -42,16 +60,21 @@ __all__ = [
     "FrameLabel",
     "SequenceCallLabel",
     "ChunkCall",
+    "TrackChunk",
+    "RecordTrack",
     "SequenceCall",
     "frame_label",
     "chunk_id_of",
     "call_chunks",
+    "build_track",
+    "track_of",
+    "call_track",
     "call_sequence",
     "call_sequences",
 ]
 
-VIRUS_FRACTION_THRESHOLD = 0.5
-"""A sequence is called virus when at least this fraction of its scored chunks are virus."""
+VIRUS_FRACTION_THRESHOLD = DEFAULT_THRESHOLDS.min_virus_fraction
+"""By default a sequence is called virus when at least this fraction of its scored chunks are."""
 
 MIN_CALLABLE_LENGTH = 3
 """Shorter records hold no codon and get ``no-call``."""
@@ -82,10 +105,59 @@ class ChunkCall:
     max_others_score: float
     n_frames: int
 
+    @property
+    def score(self) -> float:
+        """The chunk score (:func:`~virnucpro.domain.thresholds.chunk_score`), in [0, 1]."""
+        return chunk_score(self.max_virus_score, self.max_others_score)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackChunk:
+    """One chunk of a record's track: its place in the record and its call.
+
+    ``start`` and ``end`` are the chunk's first and last base, 1-based and inclusive.
+    ``call`` is ``None`` for an unscored chunk (no kept frame); ``best_frame_id`` is the chunk's
+    frame with the highest P(virus) (the first one on ties), ``None`` when unscored.
+    """
+
+    index: int
+    start: int
+    end: int
+    call: ChunkCall | None
+    best_frame_id: str | None = None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def score(self) -> float | None:
+        """The chunk score, ``None`` when unscored."""
+        return None if self.call is None else self.call.score
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTrack:
+    """Every chunk of one record, in order, with its span and call (module docstring)."""
+
+    record_id: str
+    length: int
+    chunks: tuple[TrackChunk, ...]
+    description: str = ""
+
+    @property
+    def scored(self) -> tuple[TrackChunk, ...]:
+        """The chunks with a call."""
+        return tuple(chunk for chunk in self.chunks if chunk.call is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class SequenceCall:
-    """One input record's call (one row of ``prediction_sequences.tsv``)."""
+    """One input record's call (one row of ``prediction_sequences.tsv``).
+
+    ``calibrated_virus_score`` (every scored record) and ``fdr`` (records called virus) are
+    ``None`` until a calibration is applied (:func:`virnucpro.domain.calibration.calibrate_calls`).
+    """
 
     record_id: str
     length: int
@@ -98,6 +170,10 @@ class SequenceCall:
     max_virus_score: float | None
     mean_chunk_virus_score: float | None
     best_frame_id: str | None
+    virus_score: float | None = None
+    calibrated_virus_score: float | None = None
+    fdr: float | None = None
+    description: str = ""
 
 
 def frame_label(score: FrameScore) -> FrameLabel:
@@ -118,38 +194,167 @@ def call_chunks(scores: Iterable[FrameScore]) -> list[ChunkCall]:
     return [_call_chunk(chunk_id, grouped[chunk_id]) for chunk_id in sorted(grouped)]
 
 
+def build_track(
+    record_id: str,
+    length: int,
+    chunk_frame_ids: Sequence[Sequence[str]],
+    scores: Mapping[str, FrameScore],
+    *,
+    chunk_length: int,
+    description: str = "",
+) -> RecordTrack:
+    """The track of one record from the kept-frame IDs of each of its chunks and the frame scores.
+
+    ``chunk_frame_ids`` has one entry per chunk of the record, in chunk order (an empty entry for
+    a chunk without kept frames); the spans follow from ``length`` and ``chunk_length``
+    (:func:`~virnucpro.domain.chunking.chunk_spans`). A wrong number of entries or a listed frame
+    without score is a pipeline bug and raises (:class:`ValueError`, :class:`KeyError`).
+    """
+    spans = chunk_spans(length, chunk_length)
+    if len(spans) != len(chunk_frame_ids):
+        raise ValueError(
+            f"record '{record_id}' ({length} bp) has {len(spans)} chunks of {chunk_length} bp, "
+            f"but {len(chunk_frame_ids)} chunk entries were given"
+        )
+    return RecordTrack(
+        record_id=record_id,
+        length=length,
+        chunks=tuple(
+            _track_chunk(k, span, frame_ids, scores)
+            for k, (span, frame_ids) in enumerate(zip(spans, chunk_frame_ids), 1)
+        ),
+        description=description,
+    )
+
+
+def track_of(
+    record: RecordFrames, scores: Mapping[str, FrameScore], description: str = ""
+) -> RecordTrack:
+    """The track of a record of :func:`~virnucpro.domain.prepare.iter_frames` (its real chunks)."""
+    return RecordTrack(
+        record_id=record.record_id,
+        length=record.length,
+        chunks=tuple(
+            _track_chunk(
+                chunk.chunk.index,
+                (chunk.chunk.start + 1, chunk.chunk.start + len(chunk.chunk.sequence)),
+                [frame.id for frame in chunk.frames],
+                scores,
+            )
+            for chunk in record.chunks
+        ),
+        description=description,
+    )
+
+
+def call_track(
+    track: RecordTrack, thresholds: CallThresholds = DEFAULT_THRESHOLDS
+) -> SequenceCall:
+    """The per-sequence call of a record from its track (module docstring)."""
+    scored = [(c.call, c.best_frame_id, c.length) for c in track.scored]
+    return _call(
+        track.record_id, track.length, len(track.chunks), scored, thresholds, track.description
+    )
+
+
 def call_sequence(
     record_id: str,
     length: int,
     chunk_frame_ids: Sequence[Sequence[str]],
     scores: Mapping[str, FrameScore],
+    *,
+    chunk_length: int | None = None,
+    thresholds: CallThresholds = DEFAULT_THRESHOLDS,
+    description: str = "",
 ) -> SequenceCall:
     """Call one record from the kept-frame IDs of each of its chunks and the frame scores.
 
     ``chunk_frame_ids`` has one entry per chunk of the record, in chunk order; a chunk without kept
     frames has an empty entry. Every listed frame must have a score in ``scores`` (a missing one is
-    a pipeline bug and raises :class:`KeyError` naming it).
+    a pipeline bug and raises :class:`KeyError` naming it). With ``chunk_length`` this is
+    :func:`call_track` of :func:`build_track`; without it the chunks' spans are unknown and
+    ``virus_score`` is ``None``.
     """
-    n_chunks = len(chunk_frame_ids)
-    scored: list[ChunkCall] = []
-    best: FrameScore | None = None
-    for frame_ids in chunk_frame_ids:
-        if not frame_ids:
-            continue
-        frame_scores = [_score_of(frame_id, scores) for frame_id in frame_ids]
-        scored.append(_call_chunk(chunk_id_of(frame_ids[0]), frame_scores))
-        for score in frame_scores:
-            if best is None or score.score_virus > best.score_virus:
-                best = score
+    if chunk_length is not None:
+        track = build_track(
+            record_id, length, chunk_frame_ids, scores,
+            chunk_length=chunk_length, description=description,
+        )
+        return call_track(track, thresholds)
+    scored = [
+        (call, best, None)
+        for call, best in (_chunk_call(ids, scores) for ids in chunk_frame_ids if ids)
+    ]
+    return _call(record_id, length, len(chunk_frame_ids), scored, thresholds, description)
+
+
+def call_sequences(
+    records: Iterable[RecordFrames],
+    scores: Mapping[str, FrameScore],
+    *,
+    thresholds: CallThresholds = DEFAULT_THRESHOLDS,
+    descriptions: Mapping[str, str] | None = None,
+) -> Iterator[SequenceCall]:
+    """:func:`call_track` of :func:`track_of` for each record of ``iter_frames``.
+
+    ``descriptions`` maps record IDs to their FASTA description (absent: ``""``).
+    """
+    for record in records:
+        description = descriptions.get(record.record_id, "") if descriptions else ""
+        yield call_track(track_of(record, scores, description), thresholds)
+
+
+def _track_chunk(
+    index: int,
+    span: tuple[int, int],
+    frame_ids: Sequence[str],
+    scores: Mapping[str, FrameScore],
+) -> TrackChunk:
+    if not frame_ids:
+        return TrackChunk(index=index, start=span[0], end=span[1], call=None)
+    call, best = _chunk_call(frame_ids, scores)
+    return TrackChunk(index=index, start=span[0], end=span[1], call=call, best_frame_id=best)
+
+
+def _chunk_call(
+    frame_ids: Sequence[str], scores: Mapping[str, FrameScore]
+) -> tuple[ChunkCall, str]:
+    """The chunk's call and its frame with the highest P(virus) (the first one on ties)."""
+    frame_scores = [_score_of(frame_id, scores) for frame_id in frame_ids]
+    best = frame_scores[0]
+    for score in frame_scores[1:]:
+        if score.score_virus > best.score_virus:
+            best = score
+    return _call_chunk(chunk_id_of(frame_ids[0]), frame_scores), best.frame_id
+
+
+def _call(
+    record_id: str,
+    length: int,
+    n_chunks: int,
+    scored: Sequence[tuple[ChunkCall, str, int | None]],
+    thresholds: CallThresholds,
+    description: str,
+) -> SequenceCall:
+    """Steps 2–4 of the module docstring over the scored chunks ``(call, best frame, weight)``."""
     if length < MIN_CALLABLE_LENGTH:
-        return _no_call(record_id, length, n_chunks, f"too short ({length} bp)")
-    if best is None:
-        return _no_call(record_id, length, n_chunks, "no stop-free frame in any chunk")
-    n_virus = sum(chunk.is_virus for chunk in scored)
+        return _no_call(record_id, length, n_chunks, f"too short ({length} bp)", description)
+    if not scored:
+        return _no_call(
+            record_id, length, n_chunks, "no stop-free frame in any chunk", description
+        )
+    best_call, best_frame_id, _ = scored[0]
+    for call, frame_id, _ in scored[1:]:
+        if call.max_virus_score > best_call.max_virus_score:
+            best_call, best_frame_id = call, frame_id
+    n_virus = sum(
+        thresholds.chunk_is_virus(call.max_virus_score, call.max_others_score)
+        for call, _, _ in scored
+    )
     fraction = n_virus / len(scored)
     label = (
         SequenceCallLabel.VIRUS
-        if fraction >= VIRUS_FRACTION_THRESHOLD
+        if thresholds.sequence_is_virus(fraction)
         else SequenceCallLabel.NON_VIRUS
     )
     return SequenceCall(
@@ -161,19 +366,21 @@ def call_sequence(
         n_scored_chunks=len(scored),
         n_virus_chunks=n_virus,
         virus_fraction=fraction,
-        max_virus_score=best.score_virus,
-        mean_chunk_virus_score=math.fsum(c.max_virus_score for c in scored) / len(scored),
-        best_frame_id=best.frame_id,
+        max_virus_score=best_call.max_virus_score,
+        mean_chunk_virus_score=math.fsum(c.max_virus_score for c, _, _ in scored) / len(scored),
+        best_frame_id=best_frame_id,
+        virus_score=_weighted_score(scored),
+        description=description,
     )
 
 
-def call_sequences(
-    records: Iterable[RecordFrames], scores: Mapping[str, FrameScore]
-) -> Iterator[SequenceCall]:
-    """:func:`call_sequence` for each record of :func:`~virnucpro.domain.prepare.iter_frames`."""
-    for record in records:
-        chunk_frame_ids = [[frame.id for frame in chunk.frames] for chunk in record.chunks]
-        yield call_sequence(record.record_id, record.length, chunk_frame_ids, scores)
+def _weighted_score(scored: Sequence[tuple[ChunkCall, str, int | None]]) -> float | None:
+    """The length-weighted mean chunk score, ``None`` when a weight is unknown."""
+    pairs = [(call.score, weight) for call, _, weight in scored if weight is not None]
+    if len(pairs) < len(scored):
+        return None
+    mean = math.fsum(score * weight for score, weight in pairs) / sum(w for _, w in pairs)
+    return min(1.0, max(0.0, mean))
 
 
 def _call_chunk(chunk_id: str, frame_scores: Sequence[FrameScore]) -> ChunkCall:
@@ -197,7 +404,9 @@ def _score_of(frame_id: str, scores: Mapping[str, FrameScore]) -> FrameScore:
         ) from None
 
 
-def _no_call(record_id: str, length: int, n_chunks: int, reason: str) -> SequenceCall:
+def _no_call(
+    record_id: str, length: int, n_chunks: int, reason: str, description: str
+) -> SequenceCall:
     return SequenceCall(
         record_id=record_id,
         length=length,
@@ -210,4 +419,5 @@ def _no_call(record_id: str, length: int, n_chunks: int, reason: str) -> Sequenc
         max_virus_score=None,
         mean_chunk_virus_score=None,
         best_frame_id=None,
+        description=description,
     )

@@ -12,13 +12,16 @@ For a sequence of length ``L`` and chunk length ``c``:
 Only the first ``n − 1`` shifts are ever summed, so the start has the closed form
 ``s_k = k·(c − lo) − min(k, extra)`` (``extra`` may exceed ``n − 1``, in which case every summed
 shift is ``lo + 1``). The chunk ID is ``<record_id>_chunk_<k+1>``; case is preserved.
+
+In 1-based inclusive base-pair coordinates of the record (:func:`chunk_spans`, what the region
+table and ``provirus.fna`` report), chunk ``k`` covers ``s_k + 1`` to ``min(s_k + c, L)``.
 """
 
 from __future__ import annotations
 
 from virnucpro.domain.records import Chunk
 
-__all__ = ["chunk_count", "chunk_starts", "chunk_sequence"]
+__all__ = ["chunk_count", "chunk_starts", "chunk_spans", "chunk_sequence"]
 
 
 def chunk_count(length: int, chunk_length: int) -> int:
@@ -37,6 +40,14 @@ def chunk_starts(length: int, chunk_length: int) -> list[int]:
     extra = overlap - lo * (n - 1)
     step = chunk_length - lo
     return [k * step - min(k, extra) for k in range(n)]
+
+
+def chunk_spans(length: int, chunk_length: int) -> list[tuple[int, int]]:
+    """``(first, last)`` base of every chunk, 1-based and inclusive (the last one cut at L)."""
+    return [
+        (start + 1, min(start + chunk_length, length))
+        for start in chunk_starts(length, chunk_length)
+    ]
 
 
 def chunk_sequence(record_id: str, sequence: str, chunk_length: int) -> list[Chunk]:

@@ -12,8 +12,12 @@ Layout::
     <out>/prediction_results.txt               one row per kept frame (original format)
     <out>/prediction_results_highestscore.csv  one row per scored chunk (original format)
     <out>/prediction_sequences.tsv             one row per input record (this project's call)
+    <out>/prediction_regions.tsv               one row per viral region (whole or provirus)
+    <out>/virus.fna                            the records called virus (for CheckV etc.)
+    <out>/provirus.fna                         the provirus regions' sequences
     <out>/run_info.json                        provenance
     <out>/report.html                          human-readable summary
+    <out>/calibration.json                     written by `virnucpro calibrate` (not by predict)
     <out>/.virnucpro_work/                     intermediates (resumable)
         shards/  records.tsv  prepared.json     frame shards, records, the resume key
         features/dnabert/  features/esm/       per-shard embeddings
@@ -111,6 +115,18 @@ class OutputPaths:
         return self.output_dir / "prediction_sequences.tsv"
 
     @property
+    def regions(self) -> Path:
+        return self.output_dir / "prediction_regions.tsv"
+
+    @property
+    def virus_fasta(self) -> Path:
+        return self.output_dir / "virus.fna"
+
+    @property
+    def provirus_fasta(self) -> Path:
+        return self.output_dir / "provirus.fna"
+
+    @property
     def run_info(self) -> Path:
         return self.output_dir / "run_info.json"
 
@@ -125,9 +141,17 @@ class OutputPaths:
             self.prediction_results,
             self.highest_score,
             self.sequences,
+            self.regions,
+            self.virus_fasta,
+            self.provirus_fasta,
             self.run_info,
             self.report,
         )
+
+    @property
+    def calibration(self) -> Path:
+        """Where ``virnucpro calibrate`` writes its file by default; a predict run leaves it."""
+        return self.output_dir / "calibration.json"
 
     @property
     def lock(self) -> Path:

@@ -7,7 +7,14 @@
 - ``prediction_results_highestscore.csv`` (original format; tab-separated despite the name): header
   ``Modified_ID\\tIs_Virus``, one row per scored chunk, ``True``/``False``.
 - ``prediction_sequences.tsv`` (this project): one row per input record in input order, columns
-  :data:`SEQUENCE_COLUMNS`; floats with 6 significant digits, ``NA`` when absent.
+  :data:`SEQUENCE_COLUMNS`; floats with 6 significant digits, ``NA`` when absent. The columns
+  after ``reason`` were added later, at the end, so that readers of the first eleven keep
+  working; :func:`read_sequence_calls` reads files with or without them.
+  ``calibrated_virus_score`` and ``fdr`` are ``NA`` unless the run was calibrated.
+  ``description`` (the FASTA header after the ID) has tabs and line breaks turned into spaces.
+- ``prediction_regions.tsv`` (this project): one row per viral region
+  (:mod:`virnucpro.domain.regions`), columns :data:`REGION_COLUMNS`, records in input order and
+  regions along each record; coordinates 1-based and inclusive, scores as above.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import numpy as np
 from virnucpro.domain.atomic import atomic_open
 from virnucpro.domain.calls import ChunkCall, SequenceCall, SequenceCallLabel, frame_label
 from virnucpro.domain.records import FrameScore
+from virnucpro.domain.regions import Region, RegionKind
 from virnucpro.errors import OutputError
 
 __all__ = [
     "PREDICTION_RESULTS_HEADER",
     "HIGHEST_SCORE_HEADER",
     "SEQUENCE_COLUMNS",
+    "REGION_COLUMNS",
     "MISSING",
     "format_score",
     "write_prediction_results",
@@ -36,6 +45,8 @@ __all__ = [
     "read_highest_score",
     "write_sequence_calls",
     "read_sequence_calls",
+    "write_regions",
+    "read_regions",
 ]
 
 PREDICTION_RESULTS_HEADER = ("Sequence_ID", "Prediction", "score1", "score2")
@@ -52,6 +63,21 @@ SEQUENCE_COLUMNS = (
     "mean_chunk_virus_score",
     "best_frame_id",
     "reason",
+    "virus_score",
+    "calibrated_virus_score",
+    "fdr",
+    "description",
+)
+_FIRST_SEQUENCE_COLUMNS = SEQUENCE_COLUMNS[:11]  # the table before virus_score was added
+REGION_COLUMNS = (
+    "sequence_id",
+    "start",
+    "end",
+    "length",
+    "n_chunks",
+    "mean_virus_score",
+    "max_virus_score",
+    "kind",
 )
 MISSING = "NA"
 _BOOLEANS = {"True": True, "False": False}
@@ -147,6 +173,10 @@ def write_sequence_calls(path: str | os.PathLike[str], calls: Iterable[SequenceC
                 _format_float(call.mean_chunk_virus_score),
                 call.best_frame_id if call.best_frame_id is not None else MISSING,
                 call.reason,
+                _format_float(call.virus_score),
+                _format_float(call.calibrated_virus_score),
+                _format_float(call.fdr),
+                _one_field(call.description),
             )
             handle.write("\t".join(row) + "\n")
             count += 1
@@ -154,14 +184,23 @@ def write_sequence_calls(path: str | os.PathLike[str], calls: Iterable[SequenceC
 
 
 def read_sequence_calls(path: str | os.PathLike[str]) -> list[SequenceCall]:
-    """Read ``prediction_sequences.tsv`` back (floats at the 6 significant digits written)."""
+    """Read ``prediction_sequences.tsv`` back (floats at the 6 significant digits written).
+
+    A table of the first eleven columns (written before ``virus_score`` was added) reads with
+    the later fields absent (``None``, description ``""``).
+    """
     calls: list[SequenceCall] = []
     with open(path, encoding="utf-8", newline="") as handle:
-        _expect_header(path, handle.readline(), SEQUENCE_COLUMNS)
+        header = handle.readline()
+        columns = SEQUENCE_COLUMNS
+        if header.rstrip("\r\n").split("\t") == list(_FIRST_SEQUENCE_COLUMNS):
+            columns = _FIRST_SEQUENCE_COLUMNS
+        _expect_header(path, header, columns)
         for line_no, line in enumerate(handle, 2):
             fields = line.rstrip("\r\n").split("\t")
-            if len(fields) != len(SEQUENCE_COLUMNS):
-                raise _bad_row(path, line_no, f"expected {len(SEQUENCE_COLUMNS)} columns")
+            if len(fields) != len(columns):
+                raise _bad_row(path, line_no, f"expected {len(columns)} columns")
+            later = fields[11:] if len(fields) > 11 else [MISSING, MISSING, MISSING, ""]
             try:
                 calls.append(
                     SequenceCall(
@@ -176,6 +215,10 @@ def read_sequence_calls(path: str | os.PathLike[str]) -> list[SequenceCall]:
                         mean_chunk_virus_score=_parse_float(fields[8]),
                         best_frame_id=None if fields[9] == MISSING else fields[9],
                         reason=fields[10],
+                        virus_score=_parse_float(later[0]),
+                        calibrated_virus_score=_parse_float(later[1]),
+                        fdr=_parse_float(later[2]),
+                        description=later[3],
                     )
                 )
             except ValueError as error:
@@ -183,7 +226,61 @@ def read_sequence_calls(path: str | os.PathLike[str]) -> list[SequenceCall]:
     return calls
 
 
+# ------------------------------------------------------------------------ prediction_regions.tsv
+def write_regions(path: str | os.PathLike[str], regions: Iterable[Region]) -> int:
+    """Write ``prediction_regions.tsv`` in the order given; return the number of regions."""
+    count = 0
+    with atomic_open(path) as handle:
+        handle.write("\t".join(REGION_COLUMNS) + "\n")
+        for region in regions:
+            row = (
+                region.sequence_id,
+                str(region.start),
+                str(region.end),
+                str(region.length),
+                str(region.n_chunks),
+                _format_float(region.mean_virus_score),
+                _format_float(region.max_virus_score),
+                region.kind.value,
+            )
+            handle.write("\t".join(row) + "\n")
+            count += 1
+    return count
+
+
+def read_regions(path: str | os.PathLike[str]) -> list[Region]:
+    """Read ``prediction_regions.tsv`` back (scores at the 6 significant digits written)."""
+    regions: list[Region] = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        _expect_header(path, handle.readline(), REGION_COLUMNS)
+        for line_no, line in enumerate(handle, 2):
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != len(REGION_COLUMNS):
+                raise _bad_row(path, line_no, f"expected {len(REGION_COLUMNS)} columns")
+            try:
+                region = Region(
+                    sequence_id=fields[0],
+                    start=int(fields[1]),
+                    end=int(fields[2]),
+                    n_chunks=int(fields[4]),
+                    mean_virus_score=float(fields[5]),
+                    max_virus_score=float(fields[6]),
+                    kind=RegionKind(fields[7]),
+                )
+            except ValueError as error:
+                raise _bad_row(path, line_no, str(error)) from None
+            if region.length != int(fields[3]):
+                raise _bad_row(path, line_no, "length is not end - start + 1")
+            regions.append(region)
+    return regions
+
+
 # --------------------------------------------------------------------------------------- helpers
+def _one_field(text: str) -> str:
+    """``text`` with tabs and line breaks as spaces, so that it stays one table field."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
 def _format_float(value: float | None) -> str:
     return MISSING if value is None else format(value, ".6g")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,14 +13,17 @@ from virnucpro.domain.calls import (
     FrameLabel,
     SequenceCall,
     SequenceCallLabel,
+    build_track,
     call_chunks,
     call_sequence,
     call_sequences,
     chunk_id_of,
     frame_label,
+    track_of,
 )
 from virnucpro.domain.prepare import iter_frames
 from virnucpro.domain.records import FrameScore, SequenceRecord
+from virnucpro.domain.thresholds import DEFAULT_THRESHOLDS, CallThresholds
 
 
 def _score(frame_id: str, virus: float, others: float | None = None) -> FrameScore:
@@ -164,3 +169,139 @@ def test_call_sequences_from_iter_frames_gives_one_row_per_record() -> None:
     assert calls[1].call is SequenceCallLabel.NO_CALL and calls[1].n_chunks == 2
     assert calls[1].reason == "no stop-free frame in any chunk"
     assert calls[2].call is SequenceCallLabel.NO_CALL and calls[2].reason == "too short (2 bp)"
+
+
+# ------------------------------------------------------------------- tracks, scores, thresholds
+def test_chunk_call_score_is_the_chunk_score() -> None:
+    (call,) = call_chunks(
+        [FrameScore("s_chunk_1F1", 0.55, 0.45), FrameScore("s_chunk_1R1", 0.06, 0.94)]
+    )
+    assert call.score == pytest.approx(0.5 + (0.94 - 0.55) / 2)
+
+
+def test_track_has_the_chunks_spans_and_calls() -> None:
+    track = build_track(
+        "r", 1200, [["r_chunk_1F1", "r_chunk_1R1"], [], ["r_chunk_2F2"]], SCORES,
+        chunk_length=500, description="a phage",
+    )
+    assert [(c.index, c.start, c.end, c.length) for c in track.chunks] == [
+        (1, 1, 500, 500), (2, 400, 899, 500), (3, 799, 1200, 402)
+    ]
+    assert track.chunks[1].call is None and track.chunks[1].score is None
+    assert track.chunks[0].best_frame_id == "r_chunk_1F1"
+    assert track.chunks[0].score == pytest.approx(0.5 + (0.8 - 0.9) / 2)
+    assert [c.index for c in track.scored] == [1, 3]
+    assert track.description == "a phage"
+
+
+def test_track_needs_one_entry_per_chunk() -> None:
+    with pytest.raises(ValueError, match=r"record 'r' \(1200 bp\) has 3 chunks of 500 bp, but 2"):
+        build_track("r", 1200, [[], []], {}, chunk_length=500)
+
+
+def test_virus_score_is_the_length_weighted_mean_chunk_score() -> None:
+    scores = {
+        "r_chunk_1F1": FrameScore("r_chunk_1F1", 0.1, 0.9),  # chunk 1: score 0.9, 500 bp
+        "r_chunk_2F1": FrameScore("r_chunk_2F1", 0.7, 0.3),  # chunk 2: score 0.3, 251 bp
+    }
+    call = call_sequence("r", 501, [["r_chunk_1F1"], ["r_chunk_2F1"]], scores, chunk_length=500)
+    assert call.virus_score == pytest.approx((500 * 0.9 + 251 * 0.3) / 751)
+    assert call.mean_chunk_virus_score == pytest.approx((0.9 + 0.3) / 2)
+    assert call.call is SequenceCallLabel.VIRUS  # 1 of 2: a tie is virus
+
+
+def test_virus_score_skips_unscored_chunks_and_needs_the_chunk_length() -> None:
+    ids = [["r_chunk_1F1", "r_chunk_1R1"], ["r_chunk_2F2"], [], ["r_chunk_4F1"], ["r_chunk_5R3"]]
+    with_spans = call_sequence("r", 2000, ids, SCORES, chunk_length=400)
+    without = call_sequence("r", 2000, ids, SCORES)
+    assert without.virus_score is None
+    assert dataclasses.replace(with_spans, virus_score=None) == without
+    chunk_scores = [0.5 + (0.8 - 0.9) / 2, 0.7, 0.6, 0.95]
+    assert with_spans.virus_score == pytest.approx(sum(chunk_scores) / 4)  # all 400 bp long
+
+
+def test_no_call_has_no_virus_score_but_keeps_the_description() -> None:
+    call = call_sequence("r", 1200, [[], [], []], {}, chunk_length=500, description="x y")
+    assert call.call is SequenceCallLabel.NO_CALL
+    assert (call.virus_score, call.description) == (None, "x y")
+    short = call_sequence("r", 2, [[]], {}, chunk_length=300)
+    assert short.reason == "too short (2 bp)" and short.virus_score is None
+
+
+def test_thresholds_change_the_sequence_call() -> None:
+    ids = [["r_chunk_1F1", "r_chunk_1R1"], ["r_chunk_2F2"], [], ["r_chunk_4F1"], ["r_chunk_5R3"]]
+    # chunk scores 0.45, 0.7, 0.6, 0.95
+    default = call_sequence("r", 2000, ids, SCORES, chunk_length=400)
+    strict = call_sequence(
+        "r", 2000, ids, SCORES, chunk_length=400, thresholds=CallThresholds(min_score=0.65)
+    )
+    assert (default.n_virus_chunks, default.call) == (3, SequenceCallLabel.VIRUS)
+    assert (strict.n_virus_chunks, strict.virus_fraction) == (2, 0.5)
+    assert strict.reason == "2 of 4 scored chunks called virus"
+    assert strict.call is SequenceCallLabel.VIRUS
+    stricter = call_sequence(
+        "r", 2000, ids, SCORES, chunk_length=400,
+        thresholds=CallThresholds(min_score=0.65, min_virus_fraction=0.6),
+    )
+    assert stricter.call is SequenceCallLabel.NON_VIRUS
+    relaxed = call_sequence(
+        "r", 2000, ids, SCORES, chunk_length=400, thresholds=CallThresholds(min_score=0.4)
+    )
+    assert relaxed.n_virus_chunks == 4
+    assert relaxed.virus_score == default.virus_score == strict.virus_score
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.floats(0, 1, width=32), st.floats(0, 1, width=32)), max_size=3),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_default_thresholds_give_todays_calls(chunks: list[list[tuple[float, float]]]) -> None:
+    scores: dict[str, FrameScore] = {}
+    ids: list[list[str]] = []
+    for k, frames in enumerate(chunks, 1):
+        ids.append([])
+        for j, (others, virus) in enumerate(frames):
+            frame_id = f"r_chunk_{k}F{j + 1}"
+            scores[frame_id] = FrameScore(frame_id, others, virus)
+            ids[-1].append(frame_id)
+    length = 300 * len(chunks)
+    call = call_sequence("r", length, ids, scores, chunk_length=300, thresholds=DEFAULT_THRESHOLDS)
+    chunk_calls = call_chunks(scores.values())
+    n_virus = sum(c.is_virus for c in chunk_calls)
+    if not chunk_calls:
+        assert call.call is SequenceCallLabel.NO_CALL
+    else:
+        expected = n_virus / len(chunk_calls) >= 0.5
+        assert (call.call is SequenceCallLabel.VIRUS) == expected
+        assert call.n_virus_chunks == n_virus
+        assert call.virus_score is not None and 0.0 <= call.virus_score <= 1.0
+
+
+def test_track_of_iter_frames_equals_build_track() -> None:
+    records = [
+        SequenceRecord("coding", "a virus", "GCT" * 300 + "GC"),
+        SequenceRecord("short", "", "ACGTA"),
+    ]
+    for chunk_length in (300, 500):
+        for record in iter_frames(records, chunk_length):
+            scores = {f.id: FrameScore(f.id, 0.3, 0.7) for f in record.frames}
+            ids = [[f.id for f in chunk.frames] for chunk in record.chunks]
+            assert track_of(record, scores, "d") == build_track(
+                record.record_id, record.length, ids, scores,
+                chunk_length=chunk_length, description="d",
+            )
+
+
+def test_call_sequences_takes_thresholds_and_descriptions() -> None:
+    records = [SequenceRecord("coding", "", "GCT" * 300)]
+    frames = list(iter_frames(records, 500))
+    scores = {f.id: FrameScore(f.id, 0.4, 0.6) for r in frames for f in r.frames}
+    (default,) = call_sequences(frames, scores, descriptions={"coding": "phage T4 fragment"})
+    assert default.call is SequenceCallLabel.VIRUS
+    assert default.description == "phage T4 fragment"
+    assert default.virus_score == pytest.approx(0.6)
+    (strict,) = call_sequences(frames, scores, thresholds=CallThresholds(min_score=0.65))
+    assert strict.call is SequenceCallLabel.NON_VIRUS and strict.description == ""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucpro.domain.chunking import chunk_count, chunk_sequence, chunk_starts
+from virnucpro.domain.chunking import chunk_count, chunk_sequence, chunk_spans, chunk_starts
 
 
 def _literal_reference_starts(length: int, c: int) -> list[int]:
@@ -35,6 +35,22 @@ def test_reference_example_501() -> None:
 
 def test_reference_example_1200() -> None:
     assert _spans(1200, 500) == [(0, 500), (399, 899), (798, 1200)]
+
+
+def test_chunk_spans_are_one_based_inclusive() -> None:
+    assert chunk_spans(1200, 500) == [(1, 500), (400, 899), (799, 1200)]
+    assert chunk_spans(501, 500) == [(1, 500), (251, 501)]
+    assert chunk_spans(100, 300) == [(1, 100)]
+    assert chunk_spans(0, 300) == []
+
+
+@given(st.integers(1, 5000), st.sampled_from([300, 500]))
+def test_chunk_spans_give_the_chunk_sequences(length: int, c: int) -> None:
+    sequence = ("ACGTTGCA" * 700)[:length]
+    chunks = chunk_sequence("s", sequence, c)
+    spans = chunk_spans(length, c)
+    assert [sequence[first - 1 : last] for first, last in spans] == [k.sequence for k in chunks]
+    assert spans[0][0] == 1 and spans[-1][1] == length
 
 
 @pytest.mark.parametrize("length", [1, 2, 299, 499, 500])

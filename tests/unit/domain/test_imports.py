@@ -8,14 +8,18 @@ from pathlib import Path
 
 DOMAIN_MODULES = [
     "atomic",
+    "calibration",
     "calls",
     "checksums",
     "chunking",
     "fasta",
+    "handoff",
     "outputs",
     "prepare",
     "records",
+    "regions",
     "tables",
+    "thresholds",
     "translation",
 ]
 

@@ -14,6 +14,10 @@ def test_output_paths(tmp_path: Path) -> None:
     assert paths.prediction_results == tmp_path / "prediction_results.txt"
     assert paths.highest_score == tmp_path / "prediction_results_highestscore.csv"
     assert paths.sequences == tmp_path / "prediction_sequences.tsv"
+    assert paths.regions == tmp_path / "prediction_regions.tsv"
+    assert paths.virus_fasta == tmp_path / "virus.fna"
+    assert paths.provirus_fasta == tmp_path / "provirus.fna"
+    assert paths.calibration == tmp_path / "calibration.json"
     assert paths.run_info == tmp_path / "run_info.json"
     assert paths.report == tmp_path / "report.html"
     assert paths.work_dir == tmp_path / ".virnucpro_work"
@@ -24,7 +28,8 @@ def test_output_paths(tmp_path: Path) -> None:
     )
     assert paths.score_file("shard_000001") == tmp_path / ".virnucpro_work" / "scores" / "shard_000001.npz"
     assert paths.done_marker == tmp_path / ".virnucpro_work" / "DONE"
-    assert len(set(paths.final_outputs)) == 5
+    assert len(set(paths.final_outputs)) == 8
+    assert paths.calibration not in paths.final_outputs
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,18 @@ import pytest
 
 from virnucpro.domain.calls import ChunkCall, SequenceCall, SequenceCallLabel
 from virnucpro.domain.records import FrameScore
+from virnucpro.domain.regions import Region, RegionKind
 from virnucpro.domain.tables import (
+    REGION_COLUMNS,
     SEQUENCE_COLUMNS,
     format_score,
     read_highest_score,
     read_prediction_results,
+    read_regions,
     read_sequence_calls,
     write_highest_score,
     write_prediction_results,
+    write_regions,
     write_sequence_calls,
 )
 from virnucpro.errors import OutputError
@@ -79,6 +83,10 @@ def _sequence_calls() -> list[SequenceCall]:
             0.987654321,
             0.7123456789,
             "v_chunk_2R1",
+            virus_score=0.6543219,
+            calibrated_virus_score=0.81234567,
+            fdr=0.0312345,
+            description="Escherichia phage T4\tfragment 3",
         ),
         SequenceCall(
             "n", 2, SequenceCallLabel.NO_CALL, "too short (2 bp)", 1, 0, 0, None, None, None, None
@@ -103,8 +111,29 @@ def test_sequence_table_format(tmp_path: Path) -> None:
         "0.712346",
         "v_chunk_2R1",
         "2 of 3 scored chunks called virus",
+        "0.654322",
+        "0.812346",
+        "0.0312345",
+        "Escherichia phage T4 fragment 3",
     ]
-    assert lines[2] == "n\t2\tno-call\tNA\t1\t0\t0\tNA\tNA\tNA\ttoo short (2 bp)"
+    assert lines[2] == "n\t2\tno-call\tNA\t1\t0\t0\tNA\tNA\tNA\ttoo short (2 bp)\tNA\tNA\tNA\t"
+
+
+def test_sequence_table_keeps_the_first_eleven_columns_in_place() -> None:
+    assert SEQUENCE_COLUMNS[:11] == (
+        "sequence_id", "length", "call", "virus_fraction", "n_chunks", "n_scored_chunks",
+        "n_virus_chunks", "max_virus_score", "mean_chunk_virus_score", "best_frame_id", "reason",
+    )
+    assert SEQUENCE_COLUMNS[11:] == ("virus_score", "calibrated_virus_score", "fdr", "description")
+
+
+def test_sequence_table_of_eleven_columns_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_sequences.tsv"
+    path.write_text(
+        "\t".join(SEQUENCE_COLUMNS[:11]) + "\n"
+        "n\t2\tno-call\tNA\t1\t0\t0\tNA\tNA\tNA\ttoo short (2 bp)\n"
+    )
+    assert read_sequence_calls(path) == [_sequence_calls()[1]]
 
 
 def test_sequence_table_round_trip(tmp_path: Path) -> None:
@@ -114,6 +143,45 @@ def test_sequence_table_round_trip(tmp_path: Path) -> None:
     assert back[1] == _sequence_calls()[1]
     assert back[0].virus_fraction == pytest.approx(2 / 3, rel=1e-5)
     assert back[0].call is SequenceCallLabel.VIRUS
+    assert back[0].virus_score == pytest.approx(0.6543219, rel=1e-5)
+    assert back[0].fdr == pytest.approx(0.0312345, rel=1e-5)
+    assert back[0].description == "Escherichia phage T4 fragment 3"
+
+
+def test_regions_table_format_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_regions.tsv"
+    regions = [
+        Region("v", 1, 1200, 3, 0.7123456789, 0.987654321, RegionKind.WHOLE),
+        Region("b", 2401, 9000, 14, 0.8125, 0.96875, RegionKind.PROVIRUS),
+    ]
+    assert write_regions(path, regions) == 2
+    assert path.read_text() == (
+        "sequence_id\tstart\tend\tlength\tn_chunks\tmean_virus_score\tmax_virus_score\tkind\n"
+        "v\t1\t1200\t1200\t3\t0.712346\t0.987654\twhole\n"
+        "b\t2401\t9000\t6600\t14\t0.8125\t0.96875\tprovirus\n"
+    )
+    back = read_regions(path)
+    assert back[1] == regions[1]
+    assert back[0].mean_virus_score == pytest.approx(0.7123456789, rel=1e-5)
+    assert tuple(REGION_COLUMNS) == tuple(path.read_text().splitlines()[0].split("\t"))
+
+
+def test_empty_regions_table_has_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_regions.tsv"
+    assert write_regions(path, []) == 0
+    assert path.read_text() == "\t".join(REGION_COLUMNS) + "\n"
+    assert read_regions(path) == []
+
+
+def test_regions_reader_names_a_damaged_line(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_regions.tsv"
+    header = "\t".join(REGION_COLUMNS) + "\n"
+    path.write_text(header + "b\t10\t20\t11\t1\t0.5\t0.6\tprophage\n")
+    with pytest.raises(OutputError, match=r"prediction_regions\.tsv: line 2 is malformed"):
+        read_regions(path)
+    path.write_text(header + "b\t10\t20\t12\t1\t0.5\t0.6\tprovirus\n")
+    with pytest.raises(OutputError, match=r"line 2 is malformed \(length is not end - start \+ 1"):
+        read_regions(path)
 
 
 def test_reader_rejects_another_file(tmp_path: Path) -> None:

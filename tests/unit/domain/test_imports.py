@@ -11,6 +11,7 @@ DOMAIN_MODULES = [
     "calls",
     "checksums",
     "chunking",
+    "disk",
     "fasta",
     "outputs",
     "prepare",

@@ -204,6 +204,24 @@ def test_a_full_disk_in_a_worker_stops_the_run_without_retries(  # type: ignore[
     assert time.monotonic() - started < 120
 
 
+def test_the_feature_tasks_do_not_retry_a_disk_error() -> None:
+    from prefect.states import Failed
+
+    from virnucpro.errors import DiskError, WorkerError
+    from virnucpro.orchestration.tasks import dnabert_features, esm_features, retry_unless_disk_error
+
+    for feature_task in (dnabert_features, esm_features):
+        assert feature_task.retries == 1 and feature_task.retry_condition_fn is retry_unless_disk_error
+
+    def retried(exc: BaseException) -> bool:  # the state Prefect's engine builds for a raise
+        return retry_unless_disk_error(None, None, Failed(data=exc, message=repr(exc)))
+
+    assert not retried(DiskError("/out/x.npz: no space left on the device", errno.ENOSPC))
+    assert not retried(OSError(errno.EROFS, "Read-only file system"))
+    assert retried(WorkerError("the worker pool was closed before this shard ran"))
+    assert retried(OSError(errno.EIO, "Input/output error"))
+
+
 # -- item 6: the errors say what is wrong --------------------------------------------------------
 def test_a_directory_as_input_says_so(demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = _predict(tmp_path, tmp_path / "out", demo_models)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from virnucpro.errors import DiskError
 
-__all__ = ["DISK_ERRNOS", "disk_error", "disk_errors", "format_size"]
+__all__ = ["DISK_ERRNOS", "disk_error", "disk_errors", "is_disk_error", "format_size"]
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 """The errnos of a file system that cannot take the write (not of a bug, not transient)."""
@@ -75,6 +75,11 @@ def disk_error(
             "another --output-dir, and re-run."
         )
     return DiskError(message, errno=code)
+
+
+def is_disk_error(exc: object) -> bool:
+    """True for a :class:`DiskError` or an ``OSError`` with a disk errno: retrying cannot help."""
+    return isinstance(exc, DiskError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from virnucpro.config import RunConfig
+from virnucpro.domain.disk import is_disk_error
 from virnucpro.orchestration.batch import InboxScan, scan_inbox
 from virnucpro.orchestration.task_runner import current_gpu_runner
 from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
@@ -58,10 +59,16 @@ __all__ = [
     "finalize",
     "find_new_samples",
     "run_feature_stage",
+    "retry_unless_disk_error",
 ]
 
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 FEATURE_RETRIES = 1
+
+
+def retry_unless_disk_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: a full, read-only or unwritable disk stays so, no retry."""
+    return not is_disk_error(state.result(raise_on_failure=False))
 
 
 @task(name="plan-run", **_TASK_OPTIONS)
@@ -140,13 +147,15 @@ def run_feature_stage(plan: RunPlan, prepared: PreparedSample, stage: FeatureSta
     return report
 
 
-@task(name="dnabert-features", retries=FEATURE_RETRIES, **_TASK_OPTIONS)
+@task(name="dnabert-features", retries=FEATURE_RETRIES, retry_condition_fn=retry_unless_disk_error,
+      **_TASK_OPTIONS)
 def dnabert_features(plan: RunPlan, prepared: PreparedSample) -> StageReport:
     """DNABERT-S embeddings of every nucleotide frame."""
     return run_feature_stage(plan, prepared, FeatureStage.DNABERT)
 
 
-@task(name="esm-features", retries=FEATURE_RETRIES, **_TASK_OPTIONS)
+@task(name="esm-features", retries=FEATURE_RETRIES, retry_condition_fn=retry_unless_disk_error,
+      **_TASK_OPTIONS)
 def esm_features(plan: RunPlan, prepared: PreparedSample) -> StageReport:
     """ESM-2 embeddings of every protein frame."""
     return run_feature_stage(plan, prepared, FeatureStage.ESM)

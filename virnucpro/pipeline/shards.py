@@ -138,7 +138,7 @@ def prepared_problem(shards: Iterable[Shard], records: Path, n_records: int) -> 
     except (OSError, UnicodeDecodeError) as exc:
         return f"{records} is unreadable ({exc})"
     if len(rows) != n_records or not all(
-        len(r) == 3 and r[0] and r[1].isdigit() and r[2].isdigit() for r in rows
+        len(r) == 3 and r[0] and _is_count(r[1]) and _is_count(r[2]) for r in rows
     ):
         return f"{records} does not list the {n_records} prepared records"
     for shard in shards:
@@ -174,6 +174,10 @@ def check_work_dir(work_dir: Path) -> None:
             f"{work_dir} exists and is not a directory; VirNucPro keeps its work files there. "
             "Remove it or choose another --output-dir, and re-run."
         )
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def save_features(path: Path, ids: list[str], emb: np.ndarray) -> None:

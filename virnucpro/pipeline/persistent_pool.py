@@ -373,11 +373,9 @@ class PersistentWorkerPool:
         elif isinstance(message, TaskFailed):
             with self._lock:
                 job = slot.jobs.pop(message.task_id, None)
-            if job is None:
-                pass
-            elif message.errno in DISK_ERRNOS:  # a full or read-only disk: retrying cannot help
+            if job is not None and message.errno in DISK_ERRNOS:  # retrying cannot help
                 job.future.set_exception(DiskError(message.error, message.errno))
-            else:
+            elif job is not None:
                 self._retry_or_fail(job, f"{info.name}: {message.error}")
         elif isinstance(message, StageEnded):
             self._note_loads(info, message.model_loads)

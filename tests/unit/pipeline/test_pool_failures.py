@@ -52,6 +52,8 @@ def test_a_full_disk_in_a_worker_fails_at_once_without_retry(tmp_path: Path) -> 
         job.future.result(timeout=0)
     assert caught.value.exit_code == 5 and caught.value.errno == errno.ENOSPC
     assert job.attempts == 1 and not pool._pending  # not queued again
+    translated = DiskError(f"{job.task.out_path}: the file system is read-only. ...", errno.EROFS)
+    assert task_failed("cpu", job.task, translated) == TaskFailed("cpu", 0, str(translated), errno.EROFS)
 
 
 def test_another_failure_is_retried(tmp_path: Path) -> None:

@@ -22,17 +22,19 @@ from virnucpro.config import RunConfig
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_sequence
 from virnucpro.domain.checksums import sha256_file
-from virnucpro.domain.fasta import read_fasta
+from virnucpro.domain.fasta import check_input_file, read_fasta
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.domain.prepare import iter_frames
 from virnucpro.domain.records import Frame, FrameScore
 from virnucpro.domain.tables import write_highest_score, write_prediction_results, write_sequence_calls
-from virnucpro.errors import InputError, ModelLoadError, OutputError
+from virnucpro.errors import ModelLoadError, OutputError
 from virnucpro.pipeline.shards import (
     Shard,
+    check_work_dir,
     features_complete,
     iter_shard_ids,
     load_features,
+    prepared_problem,
     read_shard,
     save_features,
     write_shard,
@@ -99,10 +101,10 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     """
     started = time.perf_counter()
     input_path = Path(config.input_fasta)
-    if not input_path.is_file():
-        raise InputError(f"{input_path}: no such file; check the path of the input FASTA")
+    check_input_file(input_path)
     paths = OutputPaths.for_dir(config.output_dir)
     _check_output_dir(paths)
+    check_work_dir(paths.work_dir)
     input_sha = sha256_file(input_path)
     manifest = _read_manifest(paths.manifest)
     key = {"input_sha256": input_sha, "chunk_length": config.chunk_length,
@@ -112,14 +114,16 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
             Shard(s["shard_id"], paths.shards_dir / s["file"], s["n_frames"], s["n_tokens"])
             for s in manifest["shards"]
         )
-        if all(s.path.exists() for s in shards):
+        problem = prepared_problem(shards, paths.records, manifest["n_records"])
+        if problem is None:
             logger.info("reusing the preparation of %s (%d frames)", input_path, manifest["n_frames"])
             return PreparedSample(
                 input_path, input_sha, config.chunk_length, Path(config.output_dir),
                 manifest["n_records"], manifest["n_chunks"], manifest["n_frames"], shards,
                 time.perf_counter() - started, reused=True,
             )
-    if paths.work_dir.exists():
+        logger.warning("%s; preparing %s again (finished feature files are kept)", problem, input_path)
+    elif paths.work_dir.exists():
         shutil.rmtree(paths.work_dir)  # a different input or settings: nothing is reusable
     paths.shards_dir.mkdir(parents=True, exist_ok=True)
     n_records = n_chunks = n_frames = 0

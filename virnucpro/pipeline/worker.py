@@ -8,11 +8,16 @@ Testing knob: ``VIRNUCPRO_FAULTS`` (JSON) makes a worker fail on purpose, to exe
 recovery paths for real: ``{"kill_marker": PATH}`` SIGKILLs the worker at its next task while
 PATH exists (deleting PATH first, so the replacement survives); ``{"oom_above_tokens": N}``
 raises a genuine ``torch.OutOfMemoryError`` for any batch over N padded tokens;
-``{"fail_frame": ID}`` makes every shard holding frame ID fail.
+``{"fail_frame": ID}`` makes every shard holding frame ID fail; ``{"disk_full": true}`` makes
+every feature write fail with ``ENOSPC``, as on a full disk.
+
+The worker ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent, which
+handles it, ends the workers (no traceback from each of them). SIGTERM ends a worker at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from virnucpro.domain.disk import disk_error
+from virnucpro.errors import DiskError
 from virnucpro.pipeline.batching import pack_batches, padded_tokens
 from virnucpro.pipeline.encode_ahead import encode_ahead
 from virnucpro.pipeline.heap import settle_heap
@@ -42,7 +49,7 @@ from virnucpro.pipeline.messages import (
 from virnucpro.pipeline.shards import nonfinite_rows, read_shard, save_features
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["worker_main", "token_budget"]
+__all__ = ["worker_main", "token_budget", "task_failed"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,7 @@ class _Faults:
     kill_marker: Path | None = None
     oom_above_tokens: int | None = None
     fail_frame: str | None = None
+    disk_full: bool = False
 
     @classmethod
     def from_env(cls) -> "_Faults":
@@ -84,6 +92,7 @@ class _Faults:
             kill_marker=Path(marker) if marker else None,
             oom_above_tokens=data.get("oom_above_tokens"),
             fail_frame=data.get("fail_frame"),
+            disk_full=bool(data.get("disk_full", False)),
         )
 
 
@@ -217,8 +226,7 @@ class _Worker:
             try:
                 done = finish()
             except Exception as exc:  # a feature file that cannot be written fails its task
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                self.send(TaskFailed(worker=self.name, task_id=task.task_id, error=detail))
+                self.send(task_failed(self.name, task, exc))
                 return
             self.send(done)
 
@@ -316,6 +324,8 @@ class _Worker:
                     f"non-finite {task.stage.label} embeddings for {len(bad)} frame(s): "
                     f"{', '.join(bad[:5])}"
                 )
+            if self.faults.disk_full:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected)")
             save_features(task.out_path, ids, matrix)
             return TaskDone(
                 worker=self.name,
@@ -353,8 +363,19 @@ class _Worker:
         )
 
 
+def task_failed(worker: str, task: EmbedTask, exc: Exception) -> TaskFailed:
+    """The report of a failed task; a disk error carries its errno (the parent does not retry)."""
+    if isinstance(exc, OSError):
+        exc = disk_error(exc, task.out_path) or exc
+    if isinstance(exc, DiskError):
+        return TaskFailed(worker=worker, task_id=task.task_id, error=str(exc), errno=exc.errno)
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return TaskFailed(worker=worker, task_id=task.task_id, error=detail)
+
+
 def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     """Process entry point: load, then serve tasks until ``None`` arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
     logging.basicConfig(level=os.environ.get("VIRNUCPRO_WORKER_LOG_LEVEL", "WARNING"))
     try:
         worker = _Worker(name, spec, results)
@@ -389,5 +410,4 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
         try:
             worker.embed_task(message)
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            worker.send(TaskFailed(worker=name, task_id=message.task_id, error=detail))
+            worker.send(task_failed(name, message, exc))

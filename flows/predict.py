@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{calls.get('non-virus', 0)} non-virus, {calls.get('no-call', 0)} no-call "
         f"({result.prepared.n_frames} frames in {result.timings.get('total', 0.0):.1f} s)"
     )
-    for path in result.paths.final_outputs:
+    for path in (p for p in result.paths.final_outputs if p.exists()):
         print(f"  {path}")
     return 0
 

@@ -133,7 +133,7 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
         f"{counts.get('non-virus', 0)} non-virus, {counts.get('no-call', 0)} no-call "
         f"({result.prepared.n_frames} frames in {result.timings['total']:.1f} s)"
     )
-    for path in result.paths.final_outputs:
+    for path in (p for p in result.paths.final_outputs if p.exists()):
         click.echo(f"  {path}")
 
 

@@ -208,9 +208,9 @@ def test_the_feature_tasks_do_not_retry_a_disk_error() -> None:
     from prefect.states import Failed
 
     from virnucpro.errors import DiskError, WorkerError
-    from virnucpro.orchestration.tasks import dnabert_features, esm_features, retry_unless_disk_error
+    from virnucpro.orchestration.tasks import STEP_TASKS, retry_unless_disk_error
 
-    for feature_task in (dnabert_features, esm_features):
+    for feature_task in (STEP_TASKS["dnabert-features"], STEP_TASKS["esm-features"]):
         assert feature_task.retries == 1 and feature_task.retry_condition_fn is retry_unless_disk_error
 
     def retried(exc: BaseException) -> bool:  # the state Prefect's engine builds for a raise

@@ -19,7 +19,9 @@ from collections.abc import Callable
 
 from virnucpro.config import RunConfig
 from virnucpro.pipeline.finalize import PredictionResult
+from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.lease import PoolLease
+from virnucpro.pipeline.output_dir import clear_earlier_outputs
 from virnucpro.pipeline.output_lock import output_lock
 from virnucpro.pipeline.stage import FEATURE_STAGES
 from virnucpro.pipeline.steps import (
@@ -60,6 +62,8 @@ def run_prediction(
     """
     caller = steps if steps is not None else DirectSteps()
     with output_lock(config.output_dir):
+        # before any work that can fail (model resolution too): a failed run leaves no old results
+        clear_earlier_outputs(OutputPaths.for_dir(config.output_dir))
         if lease is not None:
             return _run(config, lease, caller, on_progress)
         with PoolLease.for_run(persistent_models or config.persistent_models) as own:

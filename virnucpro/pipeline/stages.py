@@ -39,7 +39,8 @@ from virnucpro.pipeline.shards import (
     save_features,
     write_shard,
 )
-from virnucpro.pipeline.stage import FeatureStage
+from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
+from virnucpro.pipeline.work_keys import claim_folder, read_key, score_key
 
 __all__ = [
     "PreparedSample",
@@ -72,7 +73,8 @@ class PreparedSample:
 
     @property
     def paths(self) -> OutputPaths:
-        return OutputPaths.for_dir(self.output_dir)
+        """The run's paths, final outputs staged (published together when the run finished)."""
+        return OutputPaths.for_dir(self.output_dir).staged()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +175,6 @@ def _check_output_dir(paths: OutputPaths) -> None:
         paths.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {paths.output_dir}: {exc}") from exc
-    # Outputs of an earlier run are removed up front, so a failed run never leaves
-    # files that look like its complete result.
-    for path in paths.final_outputs:
-        path.unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -195,6 +193,8 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
 
     started = time.perf_counter()
     paths = prepared.paths
+    features = {stage.value: read_key(paths.features_dir / stage.value) for stage in FEATURE_STAGES}
+    claim_folder(paths.scores_dir, score_key(classifier_path, features), "scores")
     model = load_classifier(classifier_path)
     input_dim = int(model.input_dim)
     skipped = 0
@@ -233,6 +233,7 @@ def report_stage(prepared: PreparedSample) -> ReportResult:
     """Write the original's two tables and the per-sequence table, atomically, in input order."""
     started = time.perf_counter()
     paths = prepared.paths
+    paths.staging_dir.mkdir(parents=True, exist_ok=True)
     all_scores: list[FrameScore] = []
     n_written = write_prediction_results(
         paths.prediction_results, (score for _, _, score in _tracked(_iter_frame_scores(prepared), all_scores))

@@ -16,14 +16,16 @@ Steps take and return paths, configs and small typed records; a feature step als
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from virnucpro.config import RunConfig
+from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.checksums import sha256_file
 from virnucpro.models.discovery import ResolvedModels
 from virnucpro.pipeline.finalize import finalize_run
@@ -32,6 +34,7 @@ from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.pipeline.plan import RunPlan, plan_run
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
+from virnucpro.pipeline.work_keys import claim_folder, feature_key
 from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
 
 __all__ = [
@@ -106,9 +109,36 @@ def feature_step(
     lease: PoolLease,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> StageReport:
-    """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives."""
+    """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives.
+
+    Feature files of this stage made by another model, tokenizer, precision or format are
+    recomputed (:mod:`~virnucpro.pipeline.work_keys`); a stage found complete reports the figures
+    of the run that computed it, marked ``resumed``.
+    """
+    paths = prepared.paths
+    folder = paths.features_dir / stage.value
+    model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
+    claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features")
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
-    return queue.run_stage(stage, list(prepared.shards), prepared.paths)
+    report = queue.run_stage(stage, list(prepared.shards), paths)
+    earlier = folder / _STAGE_REPORT
+    if report.shards_skipped == report.shards_total and report.shards_total:
+        stored = _read_stage_report(earlier)
+        if stored is not None:
+            return replace(stored, resumed=True, shards_skipped=report.shards_skipped)
+    elif report.shards_skipped == 0:
+        atomic_write_text(earlier, json.dumps(report.to_dict(), indent=1) + "\n")
+    return report
+
+
+_STAGE_REPORT = "REPORT.json"
+
+
+def _read_stage_report(path: Any) -> StageReport | None:
+    try:
+        return StageReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None) -> MemoryCheckpoint:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.devices import WorkerDevice
@@ -69,6 +69,16 @@ class StageReport:
     worker_restarts: int = 0
     oom_retries: int = 0
     pool_start_seconds: float = 0.0
+    resumed: bool = False  # every shard was already done: these are the figures of the run that did it
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stage"] = self.stage.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageReport":
+        return cls(**{**data, "stage": FeatureStage(data["stage"])})
 
     @property
     def frames_per_s(self) -> float:

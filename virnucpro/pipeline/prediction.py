@@ -1,7 +1,8 @@
 """run_prediction: the framework-free engine behind ``virnucpro predict`` and the Prefect flow.
 
 The order of a run, written once: memory checkpoint → plan (models, devices) → model checksums
-(beside the rest) → prepare → for each feature stage: features, memory checkpoint → classify →
+(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → for
+each feature stage: features, memory checkpoint → classify →
 report → memory checkpoint → finalize. Both feature stages run through
 ``BatchQueueManager(..., use_persistent_pool=persistent_models)`` semantics, on the workers of the
 run's :class:`~virnucpro.pipeline.lease.PoolLease`.
@@ -34,6 +35,7 @@ from virnucpro.pipeline.steps import (
     PLAN,
     PREPARE,
     REPORT,
+    START_WORKERS,
     DirectSteps,
     StepCaller,
 )
@@ -80,8 +82,12 @@ def _run(
     checkpoints = [call.run(CHECKPOINT, "start", None)]
     plan = call.run(PLAN, config, lease.persistent)
     checksums = call.start(CHECKSUMS, plan.models)  # hashes the large files while the run goes on
+    # resident workers load their models while the input is prepared
+    workers = call.start(START_WORKERS, lease, plan) if lease.persistent else None
     prepared = call.run(PREPARE, config)
     timings: dict[str, float] = {"prepare": prepared.seconds}
+    if workers is not None:
+        timings["start_workers"] = workers.result()
     reports: list[StageReport] = []
     for stage in FEATURE_STAGES:
         report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress)

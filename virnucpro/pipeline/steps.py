@@ -45,6 +45,7 @@ __all__ = [
     "PLAN",
     "CHECKSUMS",
     "PREPARE",
+    "START_WORKERS",
     "FEATURES",
     "CHECKPOINT",
     "CLASSIFY",
@@ -53,6 +54,7 @@ __all__ = [
     "STEPS",
     "model_checksums",
     "feature_step",
+    "start_workers",
     "memory_checkpoint",
     "PERSISTENT_LOG_LINE",
     "PERSISTENT_CPU_LOG_LINE",
@@ -141,6 +143,12 @@ def _read_stage_report(path: Any) -> StageReport | None:
         return None
 
 
+def start_workers(lease: PoolLease, plan: RunPlan) -> float:
+    """Start the run's resident workers (both models) now, while the input is prepared; the
+    seconds it took (0 when the lease's pool already runs, e.g. the night's)."""
+    return lease.start(list(plan.devices), plan.spec)
+
+
 def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None) -> MemoryCheckpoint:
     """Device memory (NVML) at a named point; says "NVML unavailable: ..." on CPU machines."""
     checkpoint = read_checkpoint(name, worker_peaks_mib)
@@ -168,6 +176,7 @@ def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
 PLAN = Step("plan-run", _plan)
 CHECKSUMS = Step("model-checksums", model_checksums)
 PREPARE = Step("prepare", prepare_stage)
+START_WORKERS = Step("start-workers", start_workers)
 FEATURES: dict[FeatureStage, Step] = {
     FeatureStage.DNABERT: Step("dnabert-features", feature_step, retries=1),
     FeatureStage.ESM: Step("esm-features", feature_step, retries=1),
@@ -177,8 +186,8 @@ CLASSIFY = Step("classify", classify_stage)
 REPORT = Step("report", report_stage)
 FINALIZE = Step("finalize", finalize_run)
 
-STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, *FEATURES.values(), CHECKPOINT, CLASSIFY, REPORT,
-                           FINALIZE)
+STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, START_WORKERS, *FEATURES.values(), CHECKPOINT,
+                           CLASSIFY, REPORT, FINALIZE)
 """Every step of a run (the order a run takes them is :func:`run_prediction`'s)."""
 
 

@@ -34,7 +34,7 @@ from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.pipeline.plan import RunPlan, plan_run
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
-from virnucpro.pipeline.work_keys import claim_folder, feature_key
+from virnucpro.pipeline.work_keys import claim_folder, feature_key, record_model_sha256
 from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
 
 __all__ = [
@@ -120,9 +120,11 @@ def feature_step(
     paths = prepared.paths
     folder = paths.features_dir / stage.value
     model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
-    claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features")
+    claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features",
+                 model=model.weights_file)
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
     report = queue.run_stage(stage, list(prepared.shards), paths)
+    record_model_sha256(folder, model.weights_file)  # hashed beside the stage by the checksums step
     earlier = folder / _STAGE_REPORT
     if report.shards_skipped == report.shards_total and report.shards_total:
         stored = _read_stage_report(earlier)

@@ -30,6 +30,8 @@ __all__ = [
     "score_key",
     "read_key",
     "claim_folder",
+    "record_model_sha256",
+    "file_identity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,10 +42,10 @@ KEY_FILE = "KEY.json"
 
 
 def feature_key(stage: FeatureStage, model: ModelLocation, precision: str) -> dict[str, Any]:
+    """The key of one stage's features, but the model file's SHA-256: see :func:`claim_folder`."""
     key: dict[str, Any] = {
         "stage": stage.value,
         "format": FEATURE_FORMAT_VERSION,
-        "model_sha256": sha256_file_unchanged(model.weights_file),
         "precision": precision,
     }
     if model.tokenizer_file is not None:
@@ -51,11 +53,24 @@ def feature_key(stage: FeatureStage, model: ModelLocation, precision: str) -> di
     return key
 
 
-def score_key(classifier_path: Path, features: dict[str, Any]) -> dict[str, Any]:
+def file_identity(path: Path) -> list[Any]:
+    """Where a file is and its stat (device, inode, size, modification time in ns): equal only for
+    the same, unchanged file. Any write changes the modification time."""
+    real = Path(path).resolve()
+    st = real.stat()
+    return [str(real), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def score_key(classifier_path: Path, features: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The key of the scores: the classifier's SHA-256 and the features' keys (by content: a
+    model file's place and stat are left out)."""
     return {
         "format": SCORE_FORMAT_VERSION,
         "classifier_sha256": sha256_file_unchanged(classifier_path),
-        "features": features,
+        "features": {
+            stage: None if key is None else {k: v for k, v in key.items() if k != "model_identity"}
+            for stage, key in features.items()
+        },
     }
 
 
@@ -74,16 +89,50 @@ def _describe(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return "another " + ", ".join(sorted(set(changed)))
 
 
-def claim_folder(folder: Path, key: dict[str, Any], what: str) -> bool:
-    """Make ``folder`` hold only work made under ``key``: files made otherwise are removed and the
-    key is recorded. True if it removed any. (Work made FROM these files has a key naming this one,
-    so it is found stale in its own turn.)"""
+def _same_model(old: dict[str, Any], model: Path) -> bool:
+    """The recorded model is this file: the same unchanged file (no hashing), or the same bytes."""
+    if old.get("model_identity") == file_identity(model):
+        return True
+    recorded = old.get("model_sha256")
+    return recorded is not None and recorded == sha256_file_unchanged(model)
+
+
+def claim_folder(folder: Path, key: dict[str, Any], what: str, model: Path | None = None) -> bool:
+    """Make ``folder`` hold only work made under ``key`` (and, given ``model``, by that model
+    file): files made otherwise are removed and the key is recorded. True if it removed any.
+    (Work made FROM these files has a key naming this one, so it is found stale in its own turn.)
+
+    The model file is recognised by its identity and stat, and by its SHA-256 only when those
+    changed (a copy, a move): the 5.7-GB ESM-2 checkpoint is not hashed on a stage's critical
+    path. :func:`record_model_sha256` adds the digest once it is known.
+    """
     old = read_key(folder)
+    moved = False
+    if model is not None and old is not None:
+        same = _same_model(old, model)
+        moved = same and old.get("model_identity") != file_identity(model)
+        old = {k: v for k, v in old.items() if k not in ("model_identity", "model_sha256")}
+        if not same:
+            old["model"] = "changed"
     stale = old != key and folder.is_dir() and any(p.name != KEY_FILE for p in folder.iterdir())
     if stale:
         logger.warning("%s in %s were made with %s; computing them again", what, folder, _describe(old, key))
         shutil.rmtree(folder)
-    if old != key or stale:
+    if old != key or stale or moved:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / KEY_FILE, json.dumps(key, indent=1, sort_keys=True) + "\n")
+        record = dict(key)
+        if model is not None:
+            record["model_identity"] = file_identity(model)
+        atomic_write_text(folder / KEY_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return stale
+
+
+def record_model_sha256(folder: Path, model: Path) -> None:
+    """Add the model file's SHA-256 to ``folder``'s key (after the stage: the run's background
+    checksums have read the file by then), so a copy of the same file is recognised later."""
+    key = read_key(folder)
+    if key is None or key.get("model_identity") != file_identity(model):
+        return
+    if "model_sha256" not in key:
+        key["model_sha256"] = sha256_file_unchanged(model)
+        atomic_write_text(folder / KEY_FILE, json.dumps(key, indent=1, sort_keys=True) + "\n")

@@ -71,6 +71,7 @@ class TaskDone:
     peak_mib: float
     oom_retries: int
     model_loads: dict[str, int] = field(default_factory=dict)
+    fp32_recomputed: int = 0  # frames whose embedding was non-finite and was computed in fp32
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,13 +93,13 @@ class StageInfo:
     frames_per_s: float
     tokens_per_s: float
     resumed: bool = False
+    fp32_recomputed: int = 0
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
-        resumed = data.pop("resumed")
-        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s,
-                   resumed=resumed)
+        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed")}
+        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property
     def label(self) -> str:

@@ -70,6 +70,7 @@ class StageReport:
     oom_retries: int = 0
     pool_start_seconds: float = 0.0
     resumed: bool = False  # every shard was already done: these are the figures of the run that did it
+    fp32_recomputed: int = 0  # frames non-finite at the run's precision, computed again in fp32
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -168,6 +169,7 @@ class BatchQueueManager:
             worker_restarts=restarts,
             oom_retries=sum(d.oom_retries for d in dones),
             pool_start_seconds=pool_start,
+            fp32_recomputed=sum(d.fp32_recomputed for d in dones),
         )
         logger.info(
             "%s: %d frames, %d tokens in %.1f s (%.0f frames/s, %.0f tokens/s)",

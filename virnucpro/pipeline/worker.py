@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from virnucpro.config import Precision
 from virnucpro.domain.disk import disk_error
 from virnucpro.errors import DiskError
 from virnucpro.pipeline.budget import batch_budget, warmup_tokens
@@ -60,6 +61,7 @@ class _Faults:
     oom_above_tokens: int | None = None
     fail_frame: str | None = None
     disk_full: bool = False
+    nonfinite_frame: str | None = None  # that frame's embedding comes out NaN (below fp32)
 
     @classmethod
     def from_env(cls) -> "_Faults":
@@ -73,6 +75,7 @@ class _Faults:
             oom_above_tokens=data.get("oom_above_tokens"),
             fail_frame=data.get("fail_frame"),
             disk_full=bool(data.get("disk_full", False)),
+            nonfinite_frame=data.get("nonfinite_frame"),
         )
 
     def wrap(self, embedder: Any) -> Any:
@@ -120,6 +123,7 @@ class _Worker:
         self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
         self.embedders: dict[FeatureStage, Any] = {}
         self.runners: dict[FeatureStage, EmbeddingRunner] = {}  # its token budget, once per stage
+        self.fp32_runners: dict[FeatureStage, EmbeddingRunner] = {}  # loaded on a non-finite row
         self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
         self.load_seconds: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
@@ -170,6 +174,7 @@ class _Worker:
     def release(self, stage: FeatureStage) -> None:
         self.embedders.pop(stage, None)
         self.runners.pop(stage, None)
+        self.fp32_runners.pop(stage, None)
         settle_heap()  # unfreezes first: the released model's objects are collected
         self._empty_cache()
 
@@ -236,7 +241,11 @@ class _Worker:
         def finish() -> TaskDone:
             embedded = pending.result()
             ids = [f.frame_id for f in frames]
-            bad = nonfinite_rows(ids, embedded.matrix)
+            matrix = embedded.matrix
+            if self.faults.nonfinite_frame in ids and self.precision is not Precision.FP32:
+                matrix[ids.index(self.faults.nonfinite_frame)] = float("nan")
+            recomputed = self._recompute_in_fp32(task.stage, ids, seqs, matrix)
+            bad = nonfinite_rows(ids, matrix)
             if bad:
                 raise FloatingPointError(
                     f"non-finite {task.stage.label} embeddings for {len(bad)} frame(s): "
@@ -244,7 +253,7 @@ class _Worker:
                 )
             if self.faults.disk_full:
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected)")
-            save_features(task.out_path, ids, embedded.matrix)
+            save_features(task.out_path, ids, matrix)
             counts = embedded.counts
             return TaskDone(
                 worker=self.name,
@@ -256,9 +265,34 @@ class _Worker:
                 peak_mib=self.peak_mib(),
                 oom_retries=counts.oom_retries,
                 model_loads=dict(self.model_loads),
+                fp32_recomputed=recomputed,
             )
 
         self._finish_later(task, finish)
+
+    def _recompute_in_fp32(self, stage: FeatureStage, ids: list[str], seqs: list[str], matrix: Any) -> int:
+        """Rows that came out non-finite below fp32 (an fp16 overflow) computed again by the
+        stage's model in fp32, the original's arithmetic; returns how many. In fp32 there is
+        nothing to fall back to: the caller's check fails the shard."""
+        if self.precision is Precision.FP32:
+            return 0
+        bad = [ids.index(frame_id) for frame_id in nonfinite_rows(ids, matrix)]
+        if not bad:
+            return 0
+        logger.warning("%s: %d %s embedding(s) non-finite in %s (e.g. %s); computing them in fp32",
+                       self.name, len(bad), stage.label, self.precision.value, ids[bad[0]])
+        if stage not in self.fp32_runners:
+            from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
+
+            load = load_dnabert_embedder if stage is FeatureStage.DNABERT else load_esm2_embedder
+            path = self.spec.dnabert_path if stage is FeatureStage.DNABERT else self.spec.esm_path
+            embedder = load(path, self.device, Precision.FP32, compile=False)
+            budget = batch_budget(self.device, embedder.dim, Precision.FP32, self.spec.toks_per_batch)
+            self.fp32_runners[stage] = EmbeddingRunner(embedder, budget, label=f"{self.name}-fp32")
+        again = self.fp32_runners[stage].embed([seqs[i] for i in bad]).matrix
+        for row, i in enumerate(bad):
+            matrix[i] = again[row]
+        return len(bad)
 
     def end_stage(self, message: StageEnd) -> StageEnded:
         self.drain()

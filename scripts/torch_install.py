@@ -94,8 +94,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
             print(f"torch: no NVIDIA GPU: the CPU build {CPU_TORCH} from {index} "
                   f"(${CPU_INDEX_VARIABLE})", file=sys.stderr)
         else:
-            print(f"torch: no NVIDIA GPU, and the CPU index is unreachable: {why}; "
-                  f"{CPU_TORCH} from the configured index instead", file=sys.stderr)
+            print(f"torch: no NVIDIA GPU; PyTorch's CPU index: {why}; so {CPU_TORCH} from the "
+                  "configured index instead", file=sys.stderr)
     for word in pip_arguments(gpu, reachable_index):
         print(word)
     return 0

@@ -55,8 +55,38 @@ def _run_options(*names: str):  # type: ignore[no-untyped-def]
 _MODEL_OPTIONS = ("dnabert_model", "esm_model", "classifier")
 
 
+_VERBOSE_HELP = ("More log output: -v adds VirNucPro's debug messages (e.g. each shard), -vv "
+                 "every library's too [default: info].")
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log to stderr at info; ``-v`` (before or after the subcommand) adds VirNucPro's debug
+    messages, ``-vv`` every library's."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    logging.getLogger("virnucpro").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+
+
+def _subcommand_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta["virnucpro.verbose"] = ctx.meta.get("virnucpro.verbose", 0) + value
+        _configure_logging(ctx.meta["virnucpro.verbose"])
+
+
+class _Command(click.Command):
+    """A subcommand that also takes ``-v/--verbose`` after its name (``virnucpro predict ... -v``)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                        callback=_subcommand_verbose, help=_VERBOSE_HELP))
+
+
 class _Group(click.Group):
     """Turns library errors into a one-line message and the error's exit code."""
+
+    command_class = _Command
+    group_class = type  # subgroups (``models``) are _Groups too
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -71,13 +101,12 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virnucpro")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """VirNucPro: find viral sequences with DNABERT-S + ESM-2 features."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    ctx.meta["virnucpro.verbose"] = verbose
+    _configure_logging(verbose)
     ctx.ensure_object(dict)
 
 

@@ -163,14 +163,27 @@ def models() -> None:
 @models.command("check")
 @_run_options("chunk_length", *_MODEL_OPTIONS)
 @click.option("--no-checksums", is_flag=True, help="Skip SHA-256 (the ESM-2 file is 5.7 GB).")
-def models_check(chunk_length: str, dnabert_model: Path | None, esm_model: Path | None,
-                 classifier: Path | None, no_checksums: bool) -> None:
-    """Show which model files would be used, where they were found, and their SHA-256."""
-    from virnucpro.models.discovery import describe_models, resolve_models
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model instead of the table.")
+@click.pass_context
+def models_check(ctx: click.Context, chunk_length: str, dnabert_model: Path | None,
+                 esm_model: Path | None, classifier: Path | None, no_checksums: bool,
+                 as_json: bool) -> None:
+    """Show each model: found (where, how, SHA-256) or missing (where looked, how to install).
 
-    resolved = resolve_models(dnabert_model, esm_model, classifier, int(chunk_length))
-    for row in describe_models(resolved, checksums=not no_checksums):
-        click.echo(json.dumps(row))
+    Exits 3 when a model is missing, so scripts can test it."""
+    from virnucpro.errors import ModelNotFoundError
+    from virnucpro.models.check import describe_models, format_model_check
+    from virnucpro.models.discovery import find_models
+
+    searches = find_models(dnabert_model, esm_model, classifier, int(chunk_length))
+    rows = describe_models(searches, checksums=not no_checksums)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        click.echo(format_model_check(rows))
+    if not all(s.found for s in searches):
+        ctx.exit(ModelNotFoundError.exit_code)
 
 
 @models.command("convert-classifier")

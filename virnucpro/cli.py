@@ -136,11 +136,10 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     from virnucpro.pipeline.prediction import run_prediction
 
     ctx.obj["persistent_models"] = bool(options["persistent_models"])
-    config = build_config({"input_fasta": input_fasta, **options})
+    config = build_config({"input_fasta": input_fasta, **options}, origin="option")
 
     def progress(p) -> None:  # progress lines belong to the CLI
-        click.echo(f"  {p.stage.label}: {p.shards_done}/{p.shards_total} shards, "
-                   f"{p.frames_per_s:.0f} frames/s, {p.tokens_per_s:.0f} tokens/s", err=True)
+        click.echo(f"  {p.describe()}", err=True)
 
     result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)
     counts = result.report.sequence_calls

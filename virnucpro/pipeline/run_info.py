@@ -92,6 +92,8 @@ class StageInfo:
     pool_start_seconds: float
     frames_per_s: float
     tokens_per_s: float
+    embed_seconds: float = 0.0  # of ``seconds``: from the first shard handed to a ready worker
+    worker_peak_measure: str = ""  # what ``worker_peak_mib`` measures (GPU: torch; CPU: RSS)
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -204,9 +203,11 @@ def models_make_demo(out_dir: Path, seed: int) -> None:
     from virnucpro.models.demo import make_demo_models
 
     demo = make_demo_models(out_dir, seed=seed)
-    click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {out_dir}")
-    for name, value in dataclasses.asdict(demo).items():
-        click.echo(f"  {name}: {value}")
+    click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {demo.root}:",
+               err=True)
+    for path in demo.paths:
+        click.echo(str(path))
+    click.echo(f"Use them: export VIRNUCPRO_MODELS_DIR={demo.root}", err=True)
 
 
 @cli.command("validate-precision")

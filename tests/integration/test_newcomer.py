@@ -189,3 +189,72 @@ def test_the_flow_script_says_why_the_temporary_server_is_slow(capsys) -> None: 
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect.example:4200/api"}):
         announce_temporary_server()
     assert capsys.readouterr().err == ""  # a real server: nothing to wait for
+
+
+def test_the_readme_lists_the_cli_as_it_is() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Using it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = {tuple(line.split("#")[0].split()[1:3]) for line in block.splitlines()
+                if line.startswith("virnucpro ")}
+    for words in commands:  # every command shown exists, with the options shown
+        sub = [w for w in words if not w.startswith(("-", "~")) and "." not in w and "/" not in w]
+        assert _invoke(*sub, "--help").exit_code == 0, words
+    listed = readme.split("`virnucpro predict` options:", 1)[1].split("Input is FASTA", 1)[0]
+    options = set(re.findall(r"(--?[a-z][a-z-]*)", listed))
+    assert {"-v", "--verbose", "--persistent-models", "--no-resume"} <= options
+    help_text = _invoke("predict", "--help").output
+    for option in options:
+        assert re.search(rf"(^|[\s,/]){re.escape(option)}\b", help_text), option
+
+
+def _health_wait_command(port: int, seconds: int) -> str:
+    """The copy-paste wait loop of deployments/README.md, pointed at ``port``."""
+    readme = (Path(__file__).resolve().parents[2] / "deployments" / "README.md").read_text()
+    command = next(block for block in readme.split("```bash")[1:] if "/api/health" in block).split("```")[0]
+    assert "timeout 180" in command and "localhost:4200" in command
+    return command.replace("timeout 180", f"timeout {seconds}").replace("localhost:4200", f"127.0.0.1:{port}")
+
+
+def test_the_deployment_readme_waits_for_the_server(tmp_path: Path) -> None:
+    import http.server
+    import shutil
+    import socket
+    import subprocess
+    import threading
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "health").write_text("true")
+
+    class Late(http.server.SimpleHTTPRequestHandler):  # answers 503 for its first requests
+        calls = 0
+
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def do_GET(self) -> None:
+            Late.calls += 1
+            if Late.calls < 3:
+                self.send_error(503)
+            else:
+                super().do_GET()
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Late)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        up = subprocess.run(["bash", "-c", _health_wait_command(server.server_address[1], 60)],
+                            capture_output=True, text=True, timeout=90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Prefect server is up" in up.stdout and Late.calls >= 3
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = subprocess.run(["bash", "-c", _health_wait_command(port, 3)], capture_output=True, text=True,
+                          timeout=30)
+    assert "no answer from the Prefect server after" in down.stdout

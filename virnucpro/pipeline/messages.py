@@ -75,9 +75,13 @@ class TaskDone:
 
 @dataclass(frozen=True, slots=True)
 class TaskFailed:
+    """A task failed; ``errno`` is set for a disk error (full, read-only, permission): the parent
+    then stops instead of retrying."""
+
     worker: str
     task_id: int
     error: str
+    errno: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

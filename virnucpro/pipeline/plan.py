@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from virnucpro.config import RunConfig
+from virnucpro.models.compatibility import ModelDims, check_compatibility
 from virnucpro.models.discovery import ResolvedModels, resolve_models
 from virnucpro.pipeline.devices import WorkerDevice, plan_devices
 from virnucpro.pipeline.messages import WorkerSpec
@@ -22,6 +23,7 @@ class RunPlan:
     devices: tuple[WorkerDevice, ...]
     spec: WorkerSpec
     persistent_models: bool
+    dims: ModelDims
 
     @property
     def demo_models(self) -> bool:
@@ -40,8 +42,9 @@ def resolve_run_models(config: RunConfig) -> ResolvedModels:
 
 
 def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
-    """Resolve models and devices; start nothing."""
+    """Resolve models (and check they fit together) and devices; start nothing."""
     models = resolve_run_models(config)
+    dims = check_compatibility(models, config.chunk_length)
     devices = tuple(plan_devices(config))
     on_gpu = any(d.is_cuda for d in devices)
     spec = WorkerSpec(
@@ -52,4 +55,4 @@ def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
         preload=FEATURE_STAGES,
         toks_per_batch=config.toks_per_batch,
     )
-    return RunPlan(config, models, devices, spec, persistent_models)
+    return RunPlan(config, models, devices, spec, persistent_models, dims)

@@ -92,14 +92,16 @@ class StageInfo:
     pool_start_seconds: float
     frames_per_s: float
     tokens_per_s: float
+    resumed: bool = False
     embed_seconds: float = 0.0  # of ``seconds``: from the first shard handed to a ready worker
     worker_peak_measure: str = ""  # what ``worker_peak_mib`` measures (GPU: torch; CPU: RSS)
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
-        data = asdict(report)
-        data["stage"] = report.stage.value
-        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s)
+        data = report.to_dict()
+        resumed = data.pop("resumed")
+        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s,
+                   resumed=resumed)
 
     @property
     def label(self) -> str:
@@ -206,7 +208,7 @@ def build_run_info(
     """The run's provenance record from its plan and what each step reported."""
     import torch
 
-    paths: OutputPaths = prepared.paths
+    paths: OutputPaths = prepared.paths.published()  # where the outputs end up
     demo = plan.demo_models
     return RunInfo(
         run_info_version=RUN_INFO_VERSION,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.devices import WorkerDevice
@@ -83,8 +83,18 @@ class StageReport:
     worker_restarts: int = 0
     oom_retries: int = 0
     pool_start_seconds: float = 0.0
+    resumed: bool = False  # every shard was already done: these are the figures of the run that did it
     embed_seconds: float = 0.0
     worker_peak_measure: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stage"] = self.stage.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageReport":
+        return cls(**{**data, "stage": FeatureStage(data["stage"])})
 
     @property
     def frames_per_s(self) -> float:
@@ -98,16 +108,15 @@ class StageReport:
 
     def describe(self) -> str:
         """The stage's closing line: each rate says which seconds it divides by."""
+        if not self.frames and self.shards_skipped == self.shards_total:
+            return f"{self.stage.label}: all {self.shards_total} shards were already done; nothing to embed"
         embed_frames = self.frames / self.embed_seconds if self.embed_seconds > 0 else 0.0
         embed_tokens = self.tokens / self.embed_seconds if self.embed_seconds > 0 else 0.0
-        parts = []
-        if self.pool_start_seconds > 0:
-            parts.append(f"{self.pool_start_seconds:.1f} s starting workers")
-        parts.append(f"{self.embed_seconds:.1f} s embedding: {embed_frames:.0f} frames/s, "
-                     f"{embed_tokens:.0f} tokens/s")
-        line = (f"{self.stage.label}: {self.frames} frames, {self.tokens} tokens in "
-                f"{self.seconds:.1f} s ({'; '.join(parts)}; {self.frames_per_s:.0f} frames/s over "
-                "the whole stage)")
+        waiting = max(0.0, self.seconds - self.embed_seconds)
+        line = (f"{self.stage.label}: {self.frames} frames, {self.tokens} tokens in {self.seconds:.1f} s "
+                f"({self.embed_seconds:.1f} s embedding: {embed_frames:.0f} frames/s, "
+                f"{embed_tokens:.0f} tokens/s; {waiting:.1f} s getting workers ready and checking "
+                f"files; {self.frames_per_s:.0f} frames/s over the whole stage)")
         if self.shards_skipped:
             line += f"; {self.shards_skipped} of {self.shards_total} shards were already done"
         return line

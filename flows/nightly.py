@@ -29,7 +29,7 @@ if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
 # flows.predict sets the offline Prefect defaults before prefect is imported: import it first.
-from flows.predict import predict_flow  # noqa: E402
+from flows.predict import announce_temporary_server, predict_flow  # noqa: E402
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args["pattern"] = args["pattern"] or list(DEFAULT_PATTERNS)
     gpus = parse_gpus(args["gpus"])
     args["gpus"] = list(gpus) if gpus else None
+    announce_temporary_server()
     state = nightly_flow(**args, return_state=True)
     print(state.message or state.name, file=sys.stderr if state.is_failed() else sys.stdout)
     return 0 if state.is_completed() else 1

@@ -58,7 +58,7 @@ from virnucpro.pipeline.parameters import (  # noqa: E402
     parse_gpus,
 )
 
-__all__ = ["predict_flow", "PREDICT_PARAMETERS", "main"]
+__all__ = ["predict_flow", "PREDICT_PARAMETERS", "announce_temporary_server", "main"]
 
 PREDICT_PARAMETERS = tuple(p.name for p in RUN_PARAMETERS)
 _D = {p.name: p.default for p in RUN_PARAMETERS}
@@ -149,6 +149,21 @@ def _models_or_demo(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def announce_temporary_server() -> None:
+    """One line before Prefect's "Starting temporary server", which is silent until it answers."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    print(
+        "No PREFECT_API_URL is set: Prefect starts a temporary local server for this run. It "
+        "answers after 20-60 s (it loads its API and, the first time, creates its database in "
+        f"{settings.home}); point PREFECT_API_URL at a running server to skip this.",
+        file=sys.stderr,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python flows/predict.py",
@@ -177,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_stops():  # SIGTERM stops the run like Ctrl-C
             if demo_if_missing:
                 args = _models_or_demo(args)
+            announce_temporary_server()
             result = predict_flow(**args)
     except VirNucProError as exc:
         print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)

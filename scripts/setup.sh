@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the package and its test tools.
-# torch: the CPU wheel (torch==2.13.0) where there is no NVIDIA GPU, so pip never pulls a
-# multi-GB CUDA build; on a GPU host an already installed CUDA torch in the range is kept.
+# torch, unless one is installed already (a GPU host keeps its CUDA build): scripts/torch_install.py
+# decides. No NVIDIA GPU: the CPU build from PyTorch's CPU wheel index ($VIRNUCPRO_TORCH_CPU_INDEX),
+# so pip never pulls a multi-GB CUDA build; that index unreachable: torch==2.13.0 from the
+# configured index. A GPU: torch in the project's range from the configured index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,11 +13,9 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 if ! python -c 'import torch' 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    python -m pip install -q 'torch>=2.4,<2.15'
-  else
-    python -m pip install -q torch==2.13.0
-  fi
+  TORCH_CHOICE=$(python scripts/torch_install.py)   # one pip argument per line
+  mapfile -t TORCH_ARGS <<<"$TORCH_CHOICE"
+  python -m pip install -q "${TORCH_ARGS[@]}"
 fi
 python -m pip install -q -e '.[test]'
 python -c 'import virnucpro, torch, prefect; print("virnucpro", virnucpro.__version__, "torch", torch.__version__, "prefect", prefect.__version__)'

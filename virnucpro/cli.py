@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -55,8 +54,38 @@ def _run_options(*names: str):  # type: ignore[no-untyped-def]
 _MODEL_OPTIONS = ("dnabert_model", "esm_model", "classifier")
 
 
+_VERBOSE_HELP = ("More log output: -v adds VirNucPro's debug messages (e.g. each shard), -vv "
+                 "every library's too [default: info].")
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log to stderr at info; ``-v`` (before or after the subcommand) adds VirNucPro's debug
+    messages, ``-vv`` every library's."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    logging.getLogger("virnucpro").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+
+
+def _subcommand_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta["virnucpro.verbose"] = ctx.meta.get("virnucpro.verbose", 0) + value
+        _configure_logging(ctx.meta["virnucpro.verbose"])
+
+
+class _Command(click.Command):
+    """A subcommand that also takes ``-v/--verbose`` after its name (``virnucpro predict ... -v``)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                        callback=_subcommand_verbose, help=_VERBOSE_HELP))
+
+
 class _Group(click.Group):
     """Turns library errors into a one-line message and the error's exit code."""
+
+    command_class = _Command
+    group_class = type  # subgroups (``models``) are _Groups too
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -82,13 +111,12 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="virnucpro")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """VirNucPro: find viral sequences with DNABERT-S + ESM-2 features."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    ctx.meta["virnucpro.verbose"] = verbose
+    _configure_logging(verbose)
     ctx.ensure_object(dict)
 
 
@@ -118,11 +146,10 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     from virnucpro.pipeline.prediction import run_prediction
 
     ctx.obj["persistent_models"] = bool(options["persistent_models"])
-    config = build_config({"input_fasta": input_fasta, **options})
+    config = build_config({"input_fasta": input_fasta, **options}, origin="option")
 
     def progress(p) -> None:  # progress lines belong to the CLI
-        click.echo(f"  {p.stage.label}: {p.shards_done}/{p.shards_total} shards, "
-                   f"{p.frames_per_s:.0f} frames/s, {p.tokens_per_s:.0f} tokens/s", err=True)
+        click.echo(f"  {p.describe()}", err=True)
 
     result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)
     counts = result.report.sequence_calls
@@ -145,14 +172,27 @@ def models() -> None:
 @models.command("check")
 @_run_options("chunk_length", *_MODEL_OPTIONS)
 @click.option("--no-checksums", is_flag=True, help="Skip SHA-256 (the ESM-2 file is 5.7 GB).")
-def models_check(chunk_length: str, dnabert_model: Path | None, esm_model: Path | None,
-                 classifier: Path | None, no_checksums: bool) -> None:
-    """Show which model files would be used, where they were found, and their SHA-256."""
-    from virnucpro.models.discovery import describe_models, resolve_models
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model instead of the table.")
+@click.pass_context
+def models_check(ctx: click.Context, chunk_length: str, dnabert_model: Path | None,
+                 esm_model: Path | None, classifier: Path | None, no_checksums: bool,
+                 as_json: bool) -> None:
+    """Show each model: found (where, how, SHA-256) or missing (where looked, how to install).
 
-    resolved = resolve_models(dnabert_model, esm_model, classifier, int(chunk_length))
-    for row in describe_models(resolved, checksums=not no_checksums):
-        click.echo(json.dumps(row))
+    Exits 3 when a model is missing, so scripts can test it."""
+    from virnucpro.errors import ModelNotFoundError
+    from virnucpro.models.check import describe_models, format_model_check
+    from virnucpro.models.discovery import find_models
+
+    searches = find_models(dnabert_model, esm_model, classifier, int(chunk_length))
+    rows = describe_models(searches, checksums=not no_checksums)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        click.echo(format_model_check(rows))
+    if not all(s.found for s in searches):
+        ctx.exit(ModelNotFoundError.exit_code)
 
 
 @models.command("convert-classifier")
@@ -174,9 +214,11 @@ def models_make_demo(out_dir: Path, seed: int) -> None:
     from virnucpro.models.demo import make_demo_models
 
     demo = make_demo_models(out_dir, seed=seed)
-    click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {out_dir}")
-    for name, value in dataclasses.asdict(demo).items():
-        click.echo(f"  {name}: {value}")
+    click.echo(f"DEMO MODELS (random weights; calls are meaningless) written to {demo.root}:",
+               err=True)
+    for path in demo.paths:
+        click.echo(str(path))
+    click.echo(f"Use them: export VIRNUCPRO_MODELS_DIR={demo.root}", err=True)
 
 
 @cli.command("validate-precision")

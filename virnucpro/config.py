@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from virnucpro.errors import ConfigError
 
@@ -14,6 +15,7 @@ __all__ = [
     "Precision",
     "GPU_DEFAULT_PRECISION",
     "DeviceKind",
+    "ModelOrigin",
     "ModelPaths",
     "RunConfig",
 ]
@@ -87,6 +89,11 @@ class DeviceKind(enum.Enum):
             raise ConfigError(f"device '{value}' is not known; use auto, cpu or cuda") from None
 
 
+ModelOrigin = Literal["option", "parameter"]
+"""How an entry point names the paths it is given: the CLI's options (``--dnabert-model``) or a
+flow's parameters (``dnabert_model``); logs and errors name an explicit path the same way."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPaths:
     """Explicit model locations; ``None`` means: discover (environment, caches)."""
@@ -94,6 +101,7 @@ class ModelPaths:
     dnabert: Path | None = None
     esm: Path | None = None
     classifier: Path | None = None
+    origin: ModelOrigin = "option"
 
 
 @dataclass(frozen=True, slots=True)

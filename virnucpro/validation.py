@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -213,11 +214,26 @@ def validate_precision(
     )
 
 
+_CHUNK_RULE_NOTE = (
+    "pipeline: both embeddings through the classifier (fp32), against the fp32 run: the largest "
+    "|P| difference and the labels that agree, per frame (the argmax of its two scores, as in "
+    "prediction_results.txt) and per chunk (the original's rule: virus iff the highest "
+    "P(virus) over the chunk's frames >= their highest P(others), as in "
+    "prediction_results_highestscore.csv). A chunk's call compares maxima taken over different "
+    "frames, so it can flip while every frame keeps its label: the two rates can differ."
+)
+
+
+def _agree(share: float, differing: int, total: int) -> str:
+    return f"{share:.2%} ({differing}/{total} differ)"
+
+
 def format_table(result: ValidationResult) -> str:
-    """The agreement table as plain text (one row per precision and model)."""
+    """The agreement table as plain text: per precision, a row per model (its embeddings) and a
+    pipeline row (scores and labels of the whole pipeline), then what the columns mean."""
     header = (
-        f"{'precision':<9} {'model':<10} {'cos min':>10} {'cos median':>11} "
-        f"{'max|dScore|':>11} {'frames agree':>13} {'chunks agree':>13}"
+        f"{'precision':<9} {'row':<10} {'cos min':>10} {'cos median':>11} {'max|dEmb|':>10} "
+        f"{'max|dP|':>9}  {'frames agree':<24} {'chunks agree'}"
     )
     lines = [
         f"{result.n_frames} frames, {result.n_chunks} chunks of {result.input_fasta} "
@@ -225,17 +241,20 @@ def format_table(result: ValidationResult) -> str:
         header,
     ]
     for row in result.rows:
-        for k, m in enumerate(row.models):
-            tail = (
-                f" {row.max_abs_score_diff:>11.2e} {row.frame_label_agreement:>12.2%} "
-                f"{row.chunk_label_agreement:>12.2%}"
-                if k == 0
-                else ""
-            )
+        for m in row.models:
             lines.append(
-                f"{row.precision:<9} {m.model:<10} {m.cosine_min:>10.6f} {m.cosine_median:>11.6f}"
-                + tail
+                f"{row.precision:<9} {m.model:<10} {m.cosine_min:>10.6f} {m.cosine_median:>11.6f} "
+                f"{m.max_abs_diff:>10.2e}"
             )
+        frames = _agree(row.frame_label_agreement, row.frames_differing, result.n_frames)
+        chunks = _agree(row.chunk_label_agreement, row.chunks_differing, result.n_chunks)
+        lines.append(
+            f"{row.precision:<9} {'pipeline':<10} {'':>10} {'':>11} {'':>10} "
+            f"{row.max_abs_score_diff:>9.2e}  {frames:<24} {chunks:<24}".rstrip()
+        )
+    lines.append("")
+    lines.append(textwrap.fill("model rows: each model's embeddings against its fp32 embeddings "
+                               "(cosine per frame, largest absolute difference).", width=100))
+    lines.append(textwrap.fill(_CHUNK_RULE_NOTE, width=100))
     lines.extend(result.notes)
     return "\n".join(lines)
-

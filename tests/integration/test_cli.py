@@ -196,15 +196,17 @@ def test_prepare_command(golden_tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_models_check_prints_sha256(demo_models) -> None:  # type: ignore[no-untyped-def]
-    result = _invoke("models", "check", *_model_args(demo_models))
+    result = _invoke("models", "check", "--json", *_model_args(demo_models))
     assert result.exit_code == 0
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     import hashlib
 
     esm = next(r for r in rows if r["model"] == "esm")
     assert esm["sha256"] == hashlib.sha256(Path(demo_models.esm).read_bytes()).hexdigest()
-    quick = _invoke("models", "check", "--no-checksums", *_model_args(demo_models))
-    assert all("sha256" not in json.loads(line) or json.loads(line)["sha256"] is None for line in quick.output.splitlines())
+    quick = _invoke("models", "check", "--json", "--no-checksums", *_model_args(demo_models))
+    assert all("sha256" not in json.loads(line) or json.loads(line)["sha256"] is None for line in quick.stdout.splitlines())
+    table = _invoke("models", "check", *_model_args(demo_models)).stdout
+    assert esm["sha256"] in table and "sha256" not in _invoke("models", "check", "--no-checksums", *_model_args(demo_models)).stdout
 
 
 def test_models_convert_classifier(demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,14 @@ def test_flow_outputs_equal_cli(flow_runs: dict, cli_output: Path, persistent: b
     assert (out / ".virnucpro_work" / "DONE").read_text().strip() == info["input"]["sha256"]
 
 
+def test_model_paths_are_named_as_each_entry_point_takes_them(flow_runs: dict, cli_output: Path) -> None:
+    _, out = flow_runs[True]
+    assert [m["found_via"] for m in _run_info(out)["models"].values()] == [
+        "parameter dnabert_model", "parameter esm_model", "parameter classifier"]
+    assert [m["found_via"] for m in _run_info(cli_output)["models"].values()] == [
+        "option --dnabert-model", "option --esm-model", "option --classifier"]
+
+
 def test_persistent_flow_loads_each_model_once(flow_runs: dict) -> None:
     _, out = flow_runs[True]
     stages = _run_info(out)["stages"]
@@ -160,7 +169,7 @@ def test_memory_checkpoint_artifact(flow_runs: dict, persistent: bool) -> None:
     else:
         assert all(r["total_mib"] > 0 for r in rows)
     after_dnabert = next(r for r in rows if r["checkpoint"] == "after-dnabert")
-    assert after_dnabert["stage"] == "DNABERT-S" and after_dnabert["torch_peak_mib"].startswith("cpu: ")
+    assert after_dnabert["stage"] == "DNABERT-S" and after_dnabert["worker_peak_mib"].startswith("cpu: ")
 
 
 def test_prediction_summary_artifact(flow_runs: dict) -> None:
@@ -170,6 +179,7 @@ def test_prediction_summary_artifact(flow_runs: dict) -> None:
     text = artifacts[0].data
     info = _run_info(out)
     assert "DEMO MODELS WITH RANDOM WEIGHTS" in text
+    assert re.search(r"Peak memory per worker, MiB: cpu: \d+\.\d \(worker process resident memory", text)
     for model in info["models"].values():
         assert model["sha256"] in text
     calls = info["report"]["sequence_calls"]

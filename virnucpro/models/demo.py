@@ -96,6 +96,12 @@ class DemoModels:
     def classifier(self, chunk_length: int) -> Path:
         return self.classifiers[chunk_length]
 
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every model path of the set: DNABERT-S, ESM-2, the pickles, the safetensors."""
+        return (self.dnabert, self.esm, *self.classifiers.values(),
+                *self.classifiers_safetensors.values())
+
 
 def write_dnabert_dir(out_dir: Path, config: DnabertConfig, seed: int) -> Path:
     """A DNABERT-S snapshot directory with random weights (``BertModel`` layout, real tokenizer)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from virnucpro.config import ModelOrigin
 from virnucpro.domain.checksums import sha256_file_unchanged
 from virnucpro.errors import ModelNotFoundError
 from virnucpro.models.reference.dnabert import WEIGHT_FILES
@@ -34,8 +35,9 @@ __all__ = [
     "Source",
     "ModelLocation",
     "ResolvedModels",
+    "ModelSearch",
+    "find_models",
     "resolve_models",
-    "describe_models",
     "ENV_DNABERT",
     "ENV_ESM",
     "ENV_CLASSIFIER",
@@ -58,6 +60,7 @@ HF_REPO_DIR = "models--zhihan1996--DNABERT-S"
 ESM_CHECKPOINT = "esm2_t36_3B_UR50D.pt"
 MODELS_DIR_DNABERT = "dnabert_s"
 _OPTION = {"dnabert": "--dnabert-model", "esm": "--esm-model", "classifier": "--classifier"}
+_PARAMETER = {"dnabert": "dnabert_model", "esm": "esm_model", "classifier": "classifier"}
 _ENV = {"dnabert": ENV_DNABERT, "esm": ENV_ESM, "classifier": ENV_CLASSIFIER}
 
 
@@ -68,7 +71,7 @@ class ModelLocation:
     kind: ModelKind
     path: Path
     source: Source
-    found_via: str  # e.g. "--esm-model", "$VIRNUCPRO_MODELS_DIR", "$TORCH_HOME/hub/checkpoints"
+    found_via: str  # e.g. "option --esm-model", "parameter esm_model", "$VIRNUCPRO_MODELS_DIR"
 
     @property
     def weights_file(self) -> Path:
@@ -167,23 +170,34 @@ def _expected(kind: ModelKind, chunk_length: int) -> str:
     return " or ".join(_classifier_names(chunk_length))
 
 
-def _advice(kind: ModelKind, chunk_length: int, environ: Mapping[str, str]) -> str:
+def _given_via(kind: ModelKind, origin: ModelOrigin) -> str:
+    """How the entry point names an explicit path: ``option --esm-model``, ``parameter esm_model``."""
+    return f"parameter {_PARAMETER[kind]}" if origin == "parameter" else f"option {_OPTION[kind]}"
+
+
+def _give(kind: ModelKind, origin: ModelOrigin, value: str) -> str:
+    if origin == "parameter":
+        return f"set the parameter {_PARAMETER[kind]}={value}"
+    return f"pass {_OPTION[kind]} {value}"
+
+
+def _advice(kind: ModelKind, chunk_length: int, environ: Mapping[str, str], origin: ModelOrigin) -> str:
     if kind == "dnabert":
         target = _hf_hub_cache(environ) / HF_REPO_DIR / "snapshots" / "<revision>"
         return (
             "copy the DNABERT-S snapshot directory (config.json, pytorch_model.bin, "
             f"tokenizer.json) to {target}/ (with refs/main naming the revision), or to "
-            f"$VIRNUCPRO_MODELS_DIR/{MODELS_DIR_DNABERT}/, or pass --dnabert-model DIR"
+            f"$VIRNUCPRO_MODELS_DIR/{MODELS_DIR_DNABERT}/, or {_give(kind, origin, 'DIR')}"
         )
     if kind == "esm":
         target = _torch_home(environ) / "hub" / "checkpoints"
         return (
             f"place {ESM_CHECKPOINT} (5.7 GB) in {target}/ or in $VIRNUCPRO_MODELS_DIR/, "
-            "or pass --esm-model FILE"
+            f"or {_give(kind, origin, 'FILE')}"
         )
     return (
-        f"pass --classifier {chunk_length}_model.pth from the VirNucPro repository, or place it "
-        "in $VIRNUCPRO_MODELS_DIR/"
+        f"{_give(kind, origin, f'{chunk_length}_model.pth')} from the VirNucPro repository, or "
+        "place it in $VIRNUCPRO_MODELS_DIR/"
     )
 
 
@@ -198,19 +212,23 @@ def _find(
     option: Path | None,
     chunk_length: int,
     environ: Mapping[str, str],
+    origin: ModelOrigin,
 ) -> tuple[ModelLocation | None, list[str], str | None]:
     """The location, the places looked, and an error for an invalid explicit/env path."""
     looked: list[str] = []
     if option is not None:
+        via = _given_via(kind, origin)
         found = _valid(kind, Path(option).expanduser())
         if found is None:
-            return None, looked, _invalid_given(kind, Path(option), _OPTION[kind], chunk_length)
-        return ModelLocation(kind, found, "option", _OPTION[kind]), looked, None
+            looked.append(f"{Path(option)} ({via})")
+            return None, looked, _invalid_given(kind, Path(option), via, chunk_length)
+        return ModelLocation(kind, found, "option", via), looked, None
     env_value = environ.get(_ENV[kind])
     if env_value:
         path = Path(env_value).expanduser()
         found = _valid(kind, path)
         if found is None:
+            looked.append(f"{path} (${_ENV[kind]})")
             return None, looked, _invalid_given(kind, path, f"${_ENV[kind]}", chunk_length)
         return ModelLocation(kind, found, "environment", f"${_ENV[kind]}"), looked, None
     looked.append(f"${_ENV[kind]} (not set)")
@@ -256,55 +274,74 @@ def _mark_demo(location: ModelLocation) -> ModelLocation:
     return location
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSearch:
+    """The search for one model: where it was found, or every place looked and what to do."""
+
+    kind: ModelKind
+    location: ModelLocation | None
+    looked: tuple[str, ...]
+    problem: str = ""  # empty when found
+    hint: str = ""  # how to install it offline (for a model not found anywhere)
+
+    @property
+    def found(self) -> bool:
+        return self.location is not None
+
+
+def find_models(
+    dnabert: Path | None,
+    esm: Path | None,
+    classifier: Path | None,
+    chunk_length: int,
+    environ: Mapping[str, str] = os.environ,
+    origin: ModelOrigin = "option",
+) -> tuple[ModelSearch, ...]:
+    """Search for each of the three models (see the module docstring); raises nothing.
+
+    ``origin`` says how the entry point names explicit paths (the CLI's options, a flow's
+    parameters), for ``found_via`` and the messages.
+    """
+    searches: list[ModelSearch] = []
+    given: dict[ModelKind, Path | None] = {"dnabert": dnabert, "esm": esm, "classifier": classifier}
+    for kind, option in given.items():
+        location, looked, invalid = _find(kind, option, chunk_length, environ, origin)
+        if location is not None:
+            if kind == "dnabert" and tokenizer_path(location.path)[1]:
+                logger.info(
+                    "%s has no tokenizer.json; the packaged copy will be used", location.path
+                )
+            searches.append(ModelSearch(kind, _mark_demo(location), tuple(looked)))
+        elif invalid is not None:
+            searches.append(ModelSearch(kind, None, tuple(looked), f"{invalid}."))
+        else:
+            searches.append(ModelSearch(
+                kind, None, tuple(looked), f"{_expected(kind, chunk_length)} was not found.",
+                f"To install offline: {_advice(kind, chunk_length, environ, origin)}.",
+            ))
+    return tuple(searches)
+
+
 def resolve_models(
     dnabert: Path | None,
     esm: Path | None,
     classifier: Path | None,
     chunk_length: int,
     environ: Mapping[str, str] = os.environ,
+    origin: ModelOrigin = "option",
 ) -> ResolvedModels:
-    """Find the three models (see the module docstring); one error lists everything missing."""
-    found: dict[str, ModelLocation] = {}
+    """Find the three models (see :func:`find_models`); one error lists everything missing."""
+    searches = find_models(dnabert, esm, classifier, chunk_length, environ, origin)
     problems: list[str] = []
-    given: dict[ModelKind, Path | None] = {"dnabert": dnabert, "esm": esm, "classifier": classifier}
-    for kind, option in given.items():
-        location, looked, invalid = _find(kind, option, chunk_length, environ)
-        if location is not None:
-            found[kind] = _mark_demo(location)
-            if kind == "dnabert" and tokenizer_path(location.path)[1]:
-                logger.info(
-                    "%s has no tokenizer.json; the packaged copy will be used", location.path
-                )
+    for search in searches:
+        if search.found:
             continue
-        if invalid is not None:
-            problems.append(f"{kind}: {invalid}.")
+        if not search.hint:  # an explicit or $VIRNUCPRO_* path that is not a model
+            problems.append(f"{search.kind}: {search.problem}")
             continue
-        where = "\n".join(f"    - {place}" for place in looked)
-        problems.append(
-            f"{kind}: {_expected(kind, chunk_length)} was not found. Looked in:\n{where}\n"
-            f"  To install offline: {_advice(kind, chunk_length, environ)}."
-        )
+        where = "\n".join(f"    - {place}" for place in search.looked)
+        problems.append(f"{search.kind}: {search.problem} Looked in:\n{where}\n  {search.hint}")
     if problems:
         raise ModelNotFoundError("model files are missing:\n" + "\n".join(problems))
-    return ResolvedModels(found["dnabert"], found["esm"], found["classifier"])
-
-
-def describe_models(resolved: ResolvedModels, checksums: bool = True) -> list[dict[str, object]]:
-    """One row per model for ``virnucpro models check`` and ``run_info.json``."""
-    rows: list[dict[str, object]] = []
-    for location in resolved:
-        weights = location.weights_file
-        row: dict[str, object] = {
-            "model": location.kind,
-            "path": str(location.path),
-            "source": location.source,
-            "found_via": location.found_via,
-            "file": str(weights),
-            "size": weights.stat().st_size,
-        }
-        if checksums:
-            row["sha256"] = location.sha256()
-        if location.tokenizer_file is not None:
-            row["tokenizer"] = str(location.tokenizer_file)
-        rows.append(row)
-    return rows
+    found = {s.kind: s.location for s in searches}
+    return ResolvedModels(found["dnabert"], found["esm"], found["classifier"])  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ NIGHTLY_ARTIFACT_KEY = "nightly-summary"
 
 MEMORY_COLUMNS = (
     "stage", "checkpoint", "device", "used_mib", "free_mib", "total_mib",
-    "process_mib", "torch_peak_mib", "time", "note",
+    "process_mib", "worker_peak_mib", "time", "note",
 )
 DEMO_WARNING = (
     "DEMO MODELS WITH RANDOM WEIGHTS: every call of this run is meaningless. "
@@ -75,7 +75,7 @@ def memory_table_rows(checkpoints: Iterable[MemoryCheckpoint]) -> list[dict[str,
         common = {
             "stage": _STAGE_OF_CHECKPOINT.get(cp.name, cp.name),
             "checkpoint": cp.name,
-            "torch_peak_mib": _peaks_text(cp.worker_peaks_mib),
+            "worker_peak_mib": _peaks_text(cp.worker_peaks_mib),
             "time": _iso(cp.time),
         }
         if not cp.devices:
@@ -164,7 +164,9 @@ def summary_markdown(result: PredictionResult) -> str:
     for stage in result.stages:
         for worker, mib in stage.worker_peak_mib.items():
             peaks[worker] = max(peaks.get(worker, 0.0), mib)
-    parts.append(f"Torch peak per worker (MiB): {_peaks_text(peaks)}")
+    measures = sorted({s.worker_peak_measure for s in result.stages if s.worker_peak_measure})
+    what = f" ({'; '.join(measures)})" if measures else ""
+    parts.append(f"Peak memory per worker, MiB: {_peaks_text(peaks)}{what}")
     notes = sorted({c.note for c in result.checkpoints if c.note})
     used = [
         (c.name, d.index, d.used_mib, d.total_mib) for c in result.checkpoints for d in c.devices

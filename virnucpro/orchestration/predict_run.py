@@ -20,8 +20,7 @@ __all__ = ["predict_in_flow"]
 
 
 def _log_progress(p: Progress) -> None:
-    get_run_logger().info("%s: %d/%d shards, %.0f frames/s, %.0f tokens/s",
-                          p.stage.label, p.shards_done, p.shards_total, p.frames_per_s, p.tokens_per_s)
+    get_run_logger().info("%s", p.describe())
 
 
 def predict_in_flow(config: RunConfig) -> PredictionResult:

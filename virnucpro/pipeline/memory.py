@@ -1,17 +1,27 @@
-"""pynvml-backed device memory probe, read at named checkpoints.
+"""pynvml-backed device memory probe, read at named checkpoints; a CPU worker's peak RSS.
 
 Without NVML (CPU machines, CI) :func:`read_checkpoint` returns a checkpoint that says
-"NVML unavailable: <why>" and the run goes on.
+"NVML unavailable: <why>" and the run goes on. A CPU worker has no torch CUDA peak to report;
+it reports its process's peak resident memory instead (:func:`process_peak_rss_mib`), reset at
+each stage end like the CUDA peak (:func:`reset_process_peak_rss`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["ProcessMemory", "DeviceMemory", "MemoryCheckpoint", "read_checkpoint"]
+__all__ = [
+    "ProcessMemory",
+    "DeviceMemory",
+    "MemoryCheckpoint",
+    "read_checkpoint",
+    "process_peak_rss_mib",
+    "reset_process_peak_rss",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +124,31 @@ def read_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None)
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def process_peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` (Linux, resettable), else
+    ``ru_maxrss``; 0.0 where neither can be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource  # POSIX only
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / _MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else kB
+    except (ImportError, OSError):
+        return 0.0
+
+
+def reset_process_peak_rss() -> None:
+    """Start a new peak (Linux: ``5`` to ``/proc/self/clear_refs``); best effort elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        pass

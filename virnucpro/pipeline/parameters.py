@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from virnucpro.config import CHUNK_LENGTHS, DeviceKind, ModelPaths, Precision, RunConfig
+from virnucpro.config import CHUNK_LENGTHS, DeviceKind, ModelOrigin, ModelPaths, Precision, RunConfig
 from virnucpro.domain.outputs import default_output_dir
 from virnucpro.errors import ConfigError
 
@@ -134,10 +134,12 @@ def _path(value: Any) -> Path | None:
     return Path(value).expanduser() if value not in (None, "") else None
 
 
-def build_config(values: Mapping[str, Any]) -> RunConfig:
+def build_config(values: Mapping[str, Any], origin: ModelOrigin = "parameter") -> RunConfig:
     """A :class:`RunConfig` from raw parameter values (missing ones take their defaults).
 
     Unknown names are an error, so a misspelt deployment parameter is not silently dropped.
+    ``origin`` is how the caller's user gave the values: ``"option"`` (the CLI's ``--dnabert-model``)
+    or ``"parameter"`` (a flow's ``dnabert_model``); logs and errors about a model path say so.
     """
     unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
@@ -162,6 +164,7 @@ def build_config(values: Mapping[str, Any]) -> RunConfig:
             dnabert=_path(get["dnabert_model"]),
             esm=_path(get["esm_model"]),
             classifier=_path(get["classifier"]),
+            origin=origin,
         ),
         device=DeviceKind.parse(get["device"]),
         precision=Precision.parse(get["precision"]),

@@ -36,9 +36,9 @@ class RunPlan:
 
 def resolve_run_models(config: RunConfig) -> ResolvedModels:
     """The three model files of ``config`` (ModelNotFoundError names what is missing)."""
-    return resolve_models(
-        config.models.dnabert, config.models.esm, config.models.classifier, config.chunk_length
-    )
+    paths = config.models
+    return resolve_models(paths.dnabert, paths.esm, paths.classifier, config.chunk_length,
+                          origin=paths.origin)
 
 
 def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:

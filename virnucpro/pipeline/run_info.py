@@ -94,6 +94,8 @@ class StageInfo:
     tokens_per_s: float
     resumed: bool = False
     fp32_recomputed: int = 0
+    embed_seconds: float = 0.0  # of ``seconds``: from the first shard handed to a ready worker
+    worker_peak_measure: str = ""  # what ``worker_peak_mib`` measures (GPU: torch; CPU: RSS)
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":

@@ -165,7 +165,7 @@ def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = Non
 def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
     plan = plan_run(config, persistent_models)
     for location in plan.models:
-        logger.info("%s: %s (%s, %s)", location.kind, location.path, location.source, location.found_via)
+        logger.info("%s: %s (%s, via %s)", location.kind, location.path, location.source, location.found_via)
     logger.info("workers: %s; precision %s", ", ".join(d.name for d in plan.devices),
                 plan.spec.precision.value)
     if plan.persistent_models:

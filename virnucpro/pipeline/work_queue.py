@@ -29,13 +29,19 @@ from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
 from virnucpro.pipeline.shards import Shard, check_feature_ids, features_complete, iter_shard_ids
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["BatchQueueManager", "StageReport", "Progress"]
+__all__ = ["BatchQueueManager", "StageReport", "Progress", "WORKER_PEAK_GPU", "WORKER_PEAK_CPU"]
 
 logger = logging.getLogger(__name__)
+
+WORKER_PEAK_GPU = "CUDA memory allocated by torch (peak)"
+WORKER_PEAK_CPU = "worker process resident memory (peak RSS)"
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """A stage's progress; ``seconds`` (and the rates) count from the first shard handed to a
+    ready worker, so they leave out the workers' start and model loading."""
+
     stage: FeatureStage
     shards_done: int
     shards_total: int
@@ -50,6 +56,14 @@ class Progress:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_done / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """The progress line, in the words every entry point prints."""
+        head = f"{self.stage.label}: {self.shards_done}/{self.shards_total} shards"
+        if not self.frames_done:
+            return f"{head} after {self.seconds:.0f} s embedding"
+        return (f"{head}, {self.frames_done} frames in {self.seconds:.1f} s embedding "
+                f"({self.frames_per_s:.0f} frames/s, {self.tokens_per_s:.0f} tokens/s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,8 @@ class StageReport:
     pool_start_seconds: float = 0.0
     resumed: bool = False  # every shard was already done: these are the figures of the run that did it
     fp32_recomputed: int = 0  # frames non-finite at the run's precision, computed again in fp32
+    embed_seconds: float = 0.0
+    worker_peak_measure: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -83,11 +99,28 @@ class StageReport:
 
     @property
     def frames_per_s(self) -> float:
+        """Over the whole stage (``seconds``: the workers' start included)."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def tokens_per_s(self) -> float:
+        """Over the whole stage (``seconds``: the workers' start included)."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """The stage's closing line: each rate says which seconds it divides by."""
+        if not self.frames and self.shards_skipped == self.shards_total:
+            return f"{self.stage.label}: all {self.shards_total} shards were already done; nothing to embed"
+        embed_frames = self.frames / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        embed_tokens = self.tokens / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        waiting = max(0.0, self.seconds - self.embed_seconds)
+        line = (f"{self.stage.label}: {self.frames} frames, {self.tokens} tokens in {self.seconds:.1f} s "
+                f"({self.embed_seconds:.1f} s embedding: {embed_frames:.0f} frames/s, "
+                f"{embed_tokens:.0f} tokens/s; {waiting:.1f} s getting workers ready and checking "
+                f"files; {self.frames_per_s:.0f} frames/s over the whole stage)")
+        if self.shards_skipped:
+            line += f"; {self.shards_skipped} of {self.shards_total} shards were already done"
+        return line
 
 
 class BatchQueueManager:
@@ -142,11 +175,14 @@ class BatchQueueManager:
         loads: dict[str, dict[str, int]] = {}
         restarts = 0
         pool_start = 0.0
+        embed_seconds = 0.0
         if todo:
             with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
                 pool_start = handle.start_seconds
                 restarts_before = sum(w.restarts for w in handle.pool.workers)
-                dones = self._run_on(handle.pool, stage, todo, paths, started)
+                embed_started = time.perf_counter()
+                dones = self._run_on(handle.pool, stage, todo, paths)
+                embed_seconds = time.perf_counter() - embed_started
             for info in handle.pool.workers:
                 peaks[info.name] = info.peak_mib
                 loads[info.name] = dict(info.total_model_loads)
@@ -170,12 +206,10 @@ class BatchQueueManager:
             oom_retries=sum(d.oom_retries for d in dones),
             pool_start_seconds=pool_start,
             fp32_recomputed=sum(d.fp32_recomputed for d in dones),
+            embed_seconds=embed_seconds,
+            worker_peak_measure=WORKER_PEAK_GPU if self.spec.on_gpu else WORKER_PEAK_CPU,
         )
-        logger.info(
-            "%s: %d frames, %d tokens in %.1f s (%.0f frames/s, %.0f tokens/s)",
-            stage.label, report.frames, report.tokens, report.seconds,
-            report.frames_per_s, report.tokens_per_s,
-        )
+        logger.info("%s", report.describe())
         return report
 
     def _run_on(
@@ -184,7 +218,6 @@ class BatchQueueManager:
         stage: FeatureStage,
         todo: list[Shard],
         paths: OutputPaths,
-        started: float,
     ) -> list[TaskDone]:
         ordered = sorted(todo, key=lambda s: -s.n_tokens)  # largest first: balanced finish
         futures: dict[Future, Shard] = {
@@ -198,7 +231,7 @@ class BatchQueueManager:
             finished, remaining = wait_futures(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
                 try:
-                    dones.append(future.result())  # a WorkerError here fails the stage loudly
+                    done = future.result()  # a WorkerError here fails the stage loudly
                 except BaseException:
                     pool.cancel_pending()
                     for other in remaining:  # let running shards finish before the pool is reused
@@ -207,6 +240,9 @@ class BatchQueueManager:
                         except Exception as exc:  # cancelled, or failed too: the first error wins
                             logger.debug("%s: shard abandoned after a failure: %r", stage.label, exc)
                     raise
+                dones.append(done)
+                logger.debug("%s: shard %s done by %s: %d frames, %d tokens in %.1f s", stage.label,
+                             futures[future].name, done.worker, done.n_frames, done.n_tokens, done.seconds)
             now = time.perf_counter()
             if now - last_report >= self.progress_interval or not remaining:
                 last_report = now
@@ -218,11 +254,8 @@ class BatchQueueManager:
                     tokens_done=sum(d.n_tokens for d in dones),
                     seconds=now - compute_started,
                 )
-                logger.info(
-                    "%s: %d/%d shards, %.0f frames/s, %.0f tokens/s",
-                    stage.label, progress.shards_done, progress.shards_total,
-                    progress.frames_per_s, progress.tokens_per_s,
-                )
-                if self.on_progress is not None:
+                if self.on_progress is not None:  # the caller reports it (once)
                     self.on_progress(progress)
+                else:
+                    logger.info("%s", progress.describe())
         return dones

@@ -37,6 +37,7 @@ from virnucpro.errors import DiskError
 from virnucpro.pipeline.budget import batch_budget, warmup_tokens
 from virnucpro.pipeline.embedding import EmbeddingRunner
 from virnucpro.pipeline.heap import settle_heap
+from virnucpro.pipeline.memory import process_peak_rss_mib, reset_process_peak_rss
 from virnucpro.pipeline.messages import (
     EmbedTask,
     StageEnd,
@@ -195,8 +196,9 @@ class _Worker:
 
     # -- work ---------------------------------------------------------------------------------
     def peak_mib(self) -> float:
+        """GPU: torch's CUDA peak; CPU: the process's peak RSS (both reset at each stage end)."""
         if not self.spec.on_gpu:
-            return 0.0
+            return process_peak_rss_mib()
         return self.torch.cuda.max_memory_allocated(self.device) / 2**20
 
     def send(self, message: Any) -> None:
@@ -306,6 +308,8 @@ class _Worker:
             allocated = self.torch.cuda.memory_allocated(self.device) / 2**20
             reserved = self.torch.cuda.memory_reserved(self.device) / 2**20
             self.torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_process_peak_rss()
         return StageEnded(
             worker=self.name,
             stage=message.stage,

@@ -12,7 +12,8 @@ import pytest
 from virnucpro.domain.checksums import sha256_file
 from virnucpro.errors import ModelNotFoundError
 from virnucpro.models.demo import DemoModels
-from virnucpro.models.discovery import describe_models, resolve_models
+from virnucpro.models.check import describe_models, format_model_check
+from virnucpro.models.discovery import find_models, resolve_models
 
 
 def _dnabert_dir(path: Path, tokenizer: bool = True) -> Path:
@@ -59,7 +60,27 @@ def test_options_win_over_environment(tmp_path: Path, home: Path) -> None:
     found = resolve_models(d, e, c, 500, env)
     assert (found.dnabert.path, found.esm.path, found.classifier.path) == (d, e, c)
     assert {m.source for m in found} == {"option"}
-    assert found.esm.found_via == "--esm-model"
+    assert found.esm.found_via == "option --esm-model"
+
+
+def test_an_explicit_path_is_named_as_its_entry_point_names_it(tmp_path: Path, home: Path) -> None:
+    d, e, c = _dnabert_dir(tmp_path / "d"), _file(tmp_path / "e.pt"), _file(tmp_path / "c.pth")
+    found = resolve_models(d, e, c, 500, {"HOME": str(home)}, origin="parameter")
+    assert [m.found_via for m in found] == ["parameter dnabert_model", "parameter esm_model",
+                                            "parameter classifier"]
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_models(tmp_path / "gone", None, None, 500, {"HOME": str(home)}, origin="parameter")
+    text = str(info.value)
+    assert f"parameter dnabert_model {tmp_path / 'gone'} does not exist" in text
+    assert "or set the parameter esm_model=FILE" in text
+
+
+def test_the_names_of_explicit_paths_are_the_run_parameters() -> None:
+    from virnucpro.models import discovery
+    from virnucpro.pipeline.parameters import parameter
+
+    for kind, name in discovery._PARAMETER.items():
+        assert discovery._OPTION[kind] == parameter(name).option
 
 
 def test_specific_variables_then_models_dir(tmp_path: Path, home: Path) -> None:
@@ -197,7 +218,7 @@ def test_describe_models_lists_files_sizes_and_checksums(tmp_path: Path, home: P
     d = _dnabert_dir(tmp_path / "d", tokenizer=False)
     e = _file(tmp_path / "e.pt", b"esm weights")
     c = _file(tmp_path / "c.pth", b"classifier")
-    resolved = resolve_models(d, e, c, 500, {"HOME": str(home)})
+    resolved = find_models(d, e, c, 500, {"HOME": str(home)})
     rows = describe_models(resolved)
     assert [r["model"] for r in rows] == ["dnabert", "esm", "classifier"]
     assert rows[0]["file"] == str(d / "pytorch_model.bin") and rows[0]["size"] == 7
@@ -213,3 +234,20 @@ def test_safetensors_only_dnabert_dir_is_valid(tmp_path: Path, home: Path) -> No
     e = _file(tmp_path / "e.pt")
     found = resolve_models(d, e, e, 500, {"HOME": str(home)})
     assert found.dnabert.weights_file == d / "model.safetensors"
+
+
+def test_check_table_shows_found_and_missing_with_places_and_hints(tmp_path: Path, home: Path) -> None:
+    e = _file(tmp_path / "e.pt", b"esm weights")
+    env = {"HOME": str(home)}
+    searches = find_models(None, e, tmp_path / "missing.pth", 500, env)
+    assert [s.found for s in searches] == [False, True, False]
+    table = format_model_check(describe_models(searches, checksums=False))
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", "status", "where"]
+    assert lines[1].startswith("dnabert     missing  a DNABERT-S directory")
+    assert f"{home / '.cache' / 'huggingface' / 'hub' / 'models--zhihan1996--DNABERT-S'}" in table
+    assert "$VIRNUCPRO_DNABERT_MODEL (not set)" in table
+    assert f"esm         found    {e} (option, via option --esm-model)" in table
+    assert f"classifier  missing  option --classifier {tmp_path / 'missing.pth'} does not exist" in table
+    assert "2 of 3 models missing (dnabert, classifier)" in table
+    assert "virnucpro models make-demo DIR" in table and "--demo-if-missing" in table

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnucpro.domain.atomic import atomic_write_bytes
 from virnucpro.errors import ModelLoadError
 from virnucpro.models.reference.weights import check_state_keys, read_torch_file
 
@@ -216,8 +217,12 @@ def load_classifier(path: Path) -> MLPClassifier:
 
 
 def save_classifier(model: MLPClassifier, path: Path) -> None:
-    """Write ``model`` as safetensors with its dimensions and a format version in the metadata."""
-    from safetensors.torch import save_file
+    """Write ``model`` as safetensors with its dimensions and a format version in the metadata.
+
+    Written atomically by :func:`~virnucpro.domain.atomic.atomic_write_bytes`, with the umask's
+    permissions like every other file (``safetensors.save_file`` makes its files 0600).
+    """
+    from safetensors.torch import save
 
     metadata = {
         "format": SAFETENSORS_FORMAT,
@@ -228,7 +233,7 @@ def save_classifier(model: MLPClassifier, path: Path) -> None:
         "bn_eps": json.dumps(model.bn1.eps),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    atomic_write_bytes(path, save(state, metadata=metadata))
 
 
 def classify(model: MLPClassifier, features: torch.Tensor) -> np.ndarray:

@@ -108,6 +108,18 @@ def test_safetensors_round_trip(model: MLPClassifier, tmp_path: Path) -> None:
     assert np.array_equal(classify(model, features), classify(loaded, features))
 
 
+def test_safetensors_are_as_readable_as_other_files(model: MLPClassifier, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        save_classifier(model, tmp_path / "m.safetensors")
+        torch.save(model.state_dict(), tmp_path / "m.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644  # was 0600
+    assert (tmp_path / "m.pth").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
 def test_foreign_safetensors_is_refused(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "x.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="not a VirNucPro classifier"):

@@ -59,6 +59,7 @@ from virnucpro.pipeline.parameters import (  # noqa: E402
     RUN_PARAMETERS,
     DeviceName,
     PrecisionName,
+    PresetName,
     add_argparse_option,
     build_config,
     parameters_docstring,
@@ -185,8 +186,11 @@ def _skipped(scan: InboxScan) -> list[SampleOutcome]:
 
 _RUN = {p.name: p.default for p in RUN_PARAMETERS}
 NIGHT_RUN_PARAMETERS = ("persistent_models", "chunk_length", "dnabert_model", "esm_model", "classifier",
-                        "device", "precision", "gpus", "toks_per_batch")
-"""The run parameters a night hands to every sample (the rest are the night's own)."""
+                        "device", "precision", "gpus", "toks_per_batch", "preset", "min_score",
+                        "min_virus_fraction", "smooth_window", "max_gap", "min_region_length",
+                        "calibration")
+"""The run parameters a night hands to every sample (the rest are the night's own): every sample
+of a night is called with the same thresholds, region rule and calibration."""
 _NIGHT_HELP = {
     "inbox": "Folder with the night's FASTA / FASTA.gz files (not searched recursively).",
     "outbox": "Folder for one output directory per sample and nightly-<date>.json.",
@@ -212,6 +216,13 @@ def _nightly(
     precision: PrecisionName = _RUN["precision"],
     gpus: list[int] | None = None,
     toks_per_batch: int | None = None,
+    preset: PresetName = _RUN["preset"],
+    min_score: float | None = None,
+    min_virus_fraction: float | None = None,
+    smooth_window: int = _RUN["smooth_window"],
+    max_gap: int = _RUN["max_gap"],
+    min_region_length: int = _RUN["min_region_length"],
+    calibration: Path | None = None,
     dispatch_deployments: bool = False,
     deployment: str = PREDICT_DEPLOYMENT,
     dispatch_timeout_s: float = 12 * 3600.0,

@@ -35,9 +35,10 @@ def _click_option(param: RunParameter):  # type: ignore[no-untyped-def]
     if param.kind == "gpus":
         return click.option(param.option, param.name, default=None, metavar="0,1",
                             callback=lambda _ctx, _p, value: parse_gpus(value), help=param.help)
-    if param.kind == "int":
-        return click.option(param.option, param.name, type=int, default=param.default,
-                            show_default=param.default is not None, help=param.help)
+    if param.kind in ("int", "float"):
+        return click.option(param.option, param.name, type=int if param.kind == "int" else float,
+                            default=param.default, show_default=param.default is not None,
+                            help=param.help)
     raise ValueError(f"run parameter {param.name!r} has an unknown kind {param.kind!r}")
 
 

@@ -127,6 +127,27 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
         click.echo(f"  {path}")
 
 
+@cli.command()
+@click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="labels.tsv: sequence_id<TAB>label per line, label virus/non-virus (1/0, true/false).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write the calibration file [default: OUTPUT_DIR/calibration.json].")
+def calibrate(output_dir: Path, labels: Path, out: Path | None) -> None:
+    """Fit temperature scaling of virus_score on the labelled run in OUTPUT_DIR; write the file
+    that `predict --calibration FILE` applies."""
+    from virnucpro.pipeline.calibrate import calibrate_run
+
+    result = calibrate_run(output_dir, labels, out)
+    c = result.calibration
+    click.echo(
+        f"temperature {c.temperature:.4g} fitted on {c.n_sequences} labelled sequences "
+        f"({c.n_virus} virus, {c.n_non_virus} non-virus); expected calibration error "
+        f"{c.ece_before:.3f} -> {c.ece_after:.3f}, log loss {c.nll_before:.3f} -> {c.nll_after:.3f}"
+    )
+    click.echo(str(result.path))
+
+
 @cli.group()
 def models() -> None:
     """Find, check, convert and build models."""

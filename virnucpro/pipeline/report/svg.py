@@ -87,7 +87,7 @@ def _bp(value: float, step: float) -> str:
 
 def _svg(frame: _Frame, label: str, body: list[str]) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{frame.width}" height="{frame.height}" '
+        f'<svg width="{frame.width}" height="{frame.height}" '
         f'viewBox="0 0 {frame.width} {frame.height}" role="img" aria-label="{escape(label)}">'
         + "".join(body)
         + "</svg>"

@@ -208,6 +208,9 @@ def histogram_svg(
     y = _linear(0.0, y_max, frame.y0, frame.y1)
     bar = (frame.x1 - frame.x0) / bins
     body = [f'<text x="{frame.x0}" y="14" font-weight="bold">{escape(title)} (n = {len(values):,})</text>']
+    if not values:
+        body.append(f'<text x="{(frame.x0 + frame.x1) / 2:.1f}" y="{(frame.y0 + frame.y1) / 2:.1f}" '
+                    'text-anchor="middle" fill="#888">no sequence</text>')
     for k, count in enumerate(counts):
         if not count:
             continue

@@ -17,10 +17,17 @@ __all__ = ["CheckSections"]
 class CheckSections:
     """Sections of :class:`bench.run_bench.Bench` (a mixin: uses its plumbing and state)."""
 
+    def embed_as_worker(self, embedder: Any, sequences: list[str], precision: Any) -> Any:
+        """Embeddings in input order through the workers' loop, in one shard, at the token budget
+        a worker gives ``embedder`` at ``precision`` (agreement checks: not timed)."""
+        out, _ = run_embedder(embedder, sequences, self.budget(embedder.dim, precision), 10**9)
+        return out
+
     def precision(self) -> None:
         import numpy as np
         import torch
 
+        from virnucpro.config import Precision
         from virnucpro.domain.calls import call_chunks
         from virnucpro.domain.records import FrameScore
         from virnucpro.models.demo import random_classifier
@@ -34,7 +41,6 @@ class CheckSections:
         ids = [f.id for f in frames]
         proteins = [f.protein for f in frames]
         dna = [f.dna for f in frames]
-        budget = 16384 if self.on_gpu else 4096
         clf = random_classifier(m.dnabert_config.hidden_size + m.esm_spec.embed_dim, 512, self.args.seed)
         results: dict[str, dict[str, Any]] = {}
 
@@ -49,19 +55,20 @@ class CheckSections:
         esm32 = build_random_esm2(m.esm_spec, self.device, torch.float32, seed=self.args.seed)
         dna32 = build_random_dnabert(m.dnabert_config, self.device, torch.float32, seed=self.args.seed)
         t = time.perf_counter()
-        e32, _ = run_embedder(Esm2Embedder(esm32), proteins, budget, 10**9)
-        d32, _ = run_embedder(DnabertEmbedder(dna32, m.tokenizer), dna, budget, 10**9)
+        e32 = self.embed_as_worker(Esm2Embedder(esm32), proteins, Precision.FP32)
+        d32 = self.embed_as_worker(DnabertEmbedder(dna32, m.tokenizer), dna, Precision.FP32)
         self.precision_ref = (proteins, e32)
         p32 = classify_all(d32, e32)
         ref_chunks = chunk_calls(p32)
         self.say(f"fp32 reference on {len(frames)} frames in {time.perf_counter() - t:.1f} s")
         del dna32
-        candidates: list[tuple[str, Any, Any]] = [
+        candidates: list[tuple[str, Precision, Any, Any]] = [
             ("bf16 (compiled fast path: the pipeline's; ESM-2 bf16 residual + fused GELU, DNABERT-S "
-             "bf16 residual)", self.embedders.get("esm_bf16"), self.embedders.get("dnabert_bf16")),
+             "bf16 residual)", Precision.BF16, self.embedders.get("esm_bf16"),
+             self.embedders.get("dnabert_bf16")),
         ]
         if self.on_gpu:
-            candidates.append(("bf16, DNABERT-S with the fp32 residual stream (eager)",
+            candidates.append(("bf16, DNABERT-S with the fp32 residual stream (eager)", Precision.BF16,
                                self.embedders.get("esm_bf16"),
                                DnabertEmbedder(m.dnabert, m.tokenizer, fast=True, compile=False)))
         esm_options = (("none (fp32 residual, erf GELU: the exact function in bf16)", {}),
@@ -69,19 +76,19 @@ class CheckSections:
                        ("fused bias+GELU only (tanh GELU)", {"fused_gelu": True}))
         if self.on_gpu:
             for label, options in esm_options:  # eager: the same function the compiled path runs
-                candidates.append((f"bf16, ESM-2 options: {label} (eager)",
+                candidates.append((f"bf16, ESM-2 options: {label} (eager)", Precision.BF16,
                                    Esm2Embedder(m.esm, fast=True, compile=False, **options),
                                    self.embedders.get("dnabert_bf16")))
         for label, dt in (("fp16 (fast path, eager)", torch.float16),):
             e16 = build_random_esm2(m.esm_spec, self.device, dt, seed=self.args.seed)
             d16 = build_random_dnabert(m.dnabert_config, self.device, dt, seed=self.args.seed)
-            candidates.append((label, Esm2Embedder(e16, compile=False),
+            candidates.append((label, Precision.FP16, Esm2Embedder(e16, compile=False),
                                DnabertEmbedder(d16, m.tokenizer, compile=False)))
-        for label, esm_emb, dna_emb in candidates:
+        for label, precision, esm_emb, dna_emb in candidates:
             if esm_emb is None or dna_emb is None:
                 continue
-            e, _ = run_embedder(esm_emb, proteins, budget, 10**9)
-            d, _ = run_embedder(dna_emb, dna, budget, 10**9)
+            e = self.embed_as_worker(esm_emb, proteins, precision)
+            d = self.embed_as_worker(dna_emb, dna, precision)
             probs = classify_all(d, e)
             chunks = chunk_calls(probs)
             ce, cd = cosine_rows(e32, e), cosine_rows(d32, d)
@@ -123,8 +130,8 @@ class CheckSections:
         ref = np.load(gdir / "ref_500_embeddings.npz")
         esm = load_esm2_embedder(gdir / "esm2_t36_tiny.pt", self.device, Precision.FP32)
         dnabert = load_dnabert_embedder(gdir / "dnabert_s_tiny", self.device, Precision.FP32)
-        e, _ = run_embedder(esm, [str(s) for s in ref["esm_seqs"]], 4096, 10**9)
-        d, _ = run_embedder(dnabert, [str(s) for s in ref["dnabert_seqs"]], 4096, 10**9)
+        e = self.embed_as_worker(esm, [str(s) for s in ref["esm_seqs"]], Precision.FP32)
+        d = self.embed_as_worker(dnabert, [str(s) for s in ref["dnabert_seqs"]], Precision.FP32)
         row = {"esm_max_abs_diff": float(np.abs(e - ref["esm2"]).max()),
                "dnabert_max_abs_diff": float(np.abs(d - ref["dnabert_s"]).max())}
         self.row("equivalence", name=f"fp32 on {self.device.type} vs original tool (golden tiny, "
@@ -198,7 +205,7 @@ class CheckSections:
             # fp32 equivalence at full size: our fp32 path vs fair-esm on the same weights
             from virnucpro.models.embedders import Esm2Embedder
 
-            ours, _ = run_embedder(Esm2Embedder(esm32), proteins, 16384, 10**9)
+            ours = self.embed_as_worker(Esm2Embedder(esm32), proteins, Precision.FP32)
             diff = float(np.abs(ours - out).max())
             cos = cosine_rows(out, ours)
             self.row("equivalence", name=f"our fp32 ESM-2 fast path vs fair-esm fp32, full size "

@@ -1,4 +1,4 @@
-"""Timing and arithmetic of the benchmark: FLOP counts, worker-style embedding runs, rate rows."""
+"""Timing and arithmetic of the benchmark: FLOP counts, runs of the workers' embedding loop, rate rows."""
 
 from __future__ import annotations
 
@@ -60,65 +60,51 @@ def gc_time() -> Iterator[dict[str, float]]:
 
 def run_embedder(embedder: Any, seqs: list[str], budget: int, shard_frames: int,
                  drain_each_shard: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Embed like a worker: shards of ``shard_frames`` in order, each tokenised as a worker
-    tokenises it (:mod:`virnucpro.pipeline.encode_ahead`; tokenisation is inside the timing),
-    batched as a worker batches, one batch computing while the next is queued.
+    """Embed as a worker does: shards of ``shard_frames`` in order, each through the workers'
+    embedding loop (:class:`virnucpro.pipeline.embedding.EmbeddingRunner`: tokenising a group
+    ahead, packing, one batch computing while the next is queued, out-of-memory halving; the
+    tokenising is inside the timing), the budget carried from shard to shard as in a worker.
 
     A worker hands a shard's last batches to its finishing thread and starts on the next shard
-    (reads, tokenises, packs it) while the GPU still runs them; so here too the queue carries
-    over from one shard to the next. ``drain_each_shard`` waits for every batch at the end of
-    each shard instead (the emulation of runs A–E in docs/benchmarks.md: the GPU idles while the
-    next shard is tokenised)."""
+    (tokenises, packs, queues it) while the GPU still runs them; so here too each shard's result
+    is collected on a finishing thread. ``drain_each_shard`` (a variant no worker runs) waits for
+    every batch of a shard before the next is tokenised (the emulation of runs A–E in
+    docs/benchmarks.md: the GPU idles meanwhile)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import numpy as np
 
-    from virnucpro.pipeline.batching import is_uniform, pack_batches, padded_tokens
-    from virnucpro.pipeline.encode_ahead import encode_ahead
-    from virnucpro.pipeline.worker import DNABERT_ENCODE_GROUP, packing_options
+    from virnucpro.pipeline.embedding import EmbeddingRunner
 
-    group = DNABERT_ENCODE_GROUP if hasattr(embedder, "tokenizer") else None  # as the worker
-
-    out = np.zeros((len(seqs), embedder.dim), dtype=np.float32)
-    lengths_all: list[int] = []
-    padded = batches = uniform = 0
+    runner = EmbeddingRunner(embedder, budget)
     device = embedder.device
+    finished: list[Future] = []
     sync(device)
-    with gc_time() as spent:
+    finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
+    with gc_time() as spent, finisher:
         started = time.perf_counter()
-        in_flight: list[tuple[list[int], Any]] = []
         for lo in range(0, len(seqs), shard_frames):
-            shard = seqs[lo : lo + shard_frames]
-            for indices, rows in encode_ahead(shard, embedder.encode, group):
-                lengths = [len(r) for r in rows]
-                lengths_all.extend(lengths)
-                for batch in pack_batches(lengths, budget, **packing_options(embedder)):
-                    if getattr(embedder, "packed", False):
-                        padded += sum(lengths[i] for i in batch)  # packed: no padding is computed
-                    else:
-                        padded += padded_tokens(lengths, batch)
-                    batches += 1
-                    uniform += is_uniform(lengths, batch)
-                    handle = embedder.submit([rows[i] for i in batch])
-                    in_flight.append(([lo + indices[i] for i in batch], handle))
-                    if len(in_flight) > 1:
-                        done, handle = in_flight.pop(0)
-                        out[done] = handle.result().numpy()
-            while drain_each_shard and in_flight:
-                done, handle = in_flight.pop(0)
-                out[done] = handle.result().numpy()
-        for done, handle in in_flight:
-            out[done] = handle.result().numpy()
+            pending = runner.submit(seqs[lo : lo + shard_frames])
+            if drain_each_shard:
+                pending.result()  # wait here, before the next shard is tokenised
+            finished.append(finisher.submit(pending.result))  # as a worker's finishing thread
+        shards = [f.result() for f in finished]
         sync(device)
         seconds = time.perf_counter() - started
+    counts = [s.counts for s in shards]
+    dim = embedder.dim
+    out = np.concatenate([s.matrix for s in shards]) if shards else np.zeros((0, dim), np.float32)
     return out, {
         "seconds": seconds,
         "gc_s": round(spent["gc_s"], 3),
         "gc_full": spent["gc_full"],
         "sequences": len(seqs),
-        "tokens": sum(lengths_all),
-        "padded_tokens": padded,
-        "batches": batches,
-        "uniform_batches": uniform,
-        "lengths": lengths_all,
+        "tokens": sum(c.tokens for c in counts),
+        "padded_tokens": sum(c.padded_tokens for c in counts),
+        "batches": sum(c.batches for c in counts),
+        "uniform_batches": sum(c.uniform_batches for c in counts),
+        "oom_retries": sum(c.oom_retries for c in counts),
+        "lengths": [n for s in shards for n in s.lengths],
     }
 
 
@@ -139,6 +125,8 @@ def rate_row(name: str, stats: dict[str, Any], flops: float | None, peak_tflops:
         "pct_peak": 100 * flops / s / 1e12 / peak_tflops if flops and s and peak_tflops else None,
         "gc_s": stats.get("gc_s"),
     }
+    if stats.get("oom_retries"):  # batches halved after running out of memory, as a worker does
+        row["oom_retries"] = stats["oom_retries"]
     row.update(extra or {})
     return row
 

@@ -10,8 +10,8 @@ On the GPU machine it
 2. cuts a realistic sample from the real genomes in ``bench/data`` (fragments of 300 bp to 3 kb,
    both strands, 80% bacterial / 20% viral) and prepares its frames as the pipeline does;
 3. builds DNABERT-S (117M) and ESM-2 3B (2.84B) with random weights directly on the GPU;
-4. times each stage alone in this process, with the workers' batching: ESM-2 (compiled fast path,
-   and the variants it replaced), DNABERT-S likewise; peak memory; a 24-GB fit check;
+4. times each stage alone in this process, through the workers' embedding loop: ESM-2 (compiled
+   fast path, and the variants it replaced), DNABERT-S likewise; peak memory; a 24-GB fit check;
 5. precision agreement (fp32 vs bf16 / fp16, same weights): embedding cosine, scores, labels;
 6. the original-style baseline in the same run: fp32 ESM-2 through fair-esm with 2048-token
    batches, DNABERT-S one sequence per call, the models reloaded per 10k-frame file (reload cost
@@ -133,23 +133,20 @@ class Bench(StageSections, CheckSections, PipelineSections):
         if self.on_gpu:
             torch.cuda.empty_cache()
 
-    def budget(self, dim: int) -> int:
-        import torch
+    def budget(self, dim: int, precision: Any = None) -> int:
+        """The token budget a worker gives a model of width ``dim`` (bf16 unless ``precision``
+        says otherwise) now: :func:`virnucpro.pipeline.budget.batch_budget`."""
+        from virnucpro.config import Precision
+        from virnucpro.pipeline.budget import batch_budget
 
-        from virnucpro.pipeline.worker import _CPU_TOKEN_BUDGET, token_budget
-
-        if self.args.toks_per_batch:
-            return self.args.toks_per_batch
-        if not self.on_gpu:
-            return _CPU_TOKEN_BUDGET
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return token_budget(free, dim, 2)
+        return batch_budget(self.device, dim, precision or Precision.BF16, self.args.toks_per_batch)
 
     def warmup_tokens(self, dim: int) -> int:
-        """The warm-up batch a worker uses (see ``worker._warmup_tokens``)."""
-        from virnucpro.pipeline.worker import _WARMUP_TOKENS
+        """The warm-up batch a worker uses: :func:`virnucpro.pipeline.budget.warmup_tokens`."""
+        from virnucpro.config import Precision
+        from virnucpro.pipeline.budget import warmup_tokens
 
-        return min(self.budget(dim), _WARMUP_TOKENS) if self.on_gpu else 512
+        return warmup_tokens(self.device, dim, Precision.BF16, self.args.toks_per_batch)
 
     def env(self) -> None:
         import torch

@@ -154,7 +154,9 @@ class StageSections:
         args = embedder.runner.layer_args[0]
         wqkv, bqkv, wo, bo, w1, b1, w2, b2 = args[2], args[3], args[4], args[5], args[8], args[9], args[10], args[11]
         dim = wo.shape[0]
-        tokens = min(self.budget(dim), 131072)
+        from virnucpro.pipeline.budget import MAX_GPU_TOKEN_BUDGET
+
+        tokens = min(self.budget(dim), MAX_GPU_TOKEN_BUDGET)
         x = torch.randn(tokens, dim, device=self.device, dtype=wqkv.dtype)
         h = torch.randn(tokens, 4 * dim, device=self.device, dtype=wqkv.dtype)
 
@@ -335,7 +337,7 @@ class StageSections:
         """Both bf16 models resident, token budget as a worker would size it on a 24-GB card."""
         import torch
 
-        from virnucpro.pipeline.worker import token_budget
+        from virnucpro.pipeline.budget import token_budget
 
         if not self.on_gpu:
             return
@@ -349,15 +351,19 @@ class StageSections:
         dna_budget = token_budget(free, self.models.dnabert_config.hidden_size, 2)
         torch.cuda.set_per_process_memory_fraction((card - context) / total, self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        retries = 0  # a worker halves a batch that runs out of memory: that is not a fit either
         try:
             proteins = [f.protein for f in self.frames500]
             per = max(1, esm_budget // 170)
-            run_embedder(self.embedders["esm_bf16"], (proteins * 4)[: per * 2], esm_budget, 10**9)
+            _, stats = run_embedder(self.embedders["esm_bf16"], (proteins * 4)[: per * 2], esm_budget,
+                                    10**9)
+            retries += stats["oom_retries"]
             dna = [f.dna for f in self.frames500]
-            run_embedder(self.embedders["dnabert_bf16"], (dna * 8)[: max(1, dna_budget // 110) * 2],
-                         dna_budget, 10**9)
+            _, stats = run_embedder(self.embedders["dnabert_bf16"],
+                                    (dna * 8)[: max(1, dna_budget // 110) * 2], dna_budget, 10**9)
+            retries += stats["oom_retries"]
             peak = torch.cuda.max_memory_allocated(self.device)
-            ok = True
+            ok = retries == 0
         except torch.OutOfMemoryError as exc:
             peak, ok = torch.cuda.max_memory_allocated(self.device), False
             self.note(f"24-GB check ran out of memory: {exc}"[:300])
@@ -366,6 +372,6 @@ class StageSections:
         self.row("memory", name="24-GB fit: both bf16 models resident, worker-sized batches",
                  resident_models_gib=resident / 2**30, esm_token_budget=esm_budget,
                  dnabert_token_budget=dna_budget, peak_allocated_gib=peak / 2**30,
-                 peak_plus_context_gib=(peak + context) / 2**30,
+                 peak_plus_context_gib=(peak + context) / 2**30, oom_retries=retries,
                  fits_24gb=ok and peak + context <= card)
         self.say(f"24-GB check: peak {peak / 2**30:.1f} GiB allocated (+context), fits={ok}")

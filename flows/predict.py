@@ -173,19 +173,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python flows/predict.py INPUT [options]``: the flow in ephemeral mode; returns the exit code."""
-    from virnucpro.errors import VirNucProError
+    from virnucpro.domain.disk import disk_error
+    from virnucpro.errors import Terminated, VirNucProError
+    from virnucpro.pipeline.termination import INTERRUPTED_MESSAGE, TERMINATED_MESSAGE, sigterm_stops
 
     args = vars(_parser().parse_args(argv))
     demo_if_missing = args.pop("demo_if_missing")
     try:
         gpus = parse_gpus(args["gpus"])
         args["gpus"] = list(gpus) if gpus else None
-        if demo_if_missing:
-            args = _models_or_demo(args)
-        result = predict_flow(**args)
+        with sigterm_stops():  # SIGTERM stops the run like Ctrl-C
+            if demo_if_missing:
+                args = _models_or_demo(args)
+            result = predict_flow(**args)
     except VirNucProError as exc:
         print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full, read-only or unwritable disk: exit 5
+        error = disk_error(exc)
+        if error is None:
+            raise
+        print(f"Error: {type(error).__name__}: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        terminated = isinstance(exc, Terminated)
+        print(TERMINATED_MESSAGE if terminated else INTERRUPTED_MESSAGE, file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
     calls = result.report.sequence_calls
     if result.demo_models:
         print(f"WARNING: {DEMO_WARNING}", file=sys.stderr)
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{calls.get('non-virus', 0)} non-virus, {calls.get('no-call', 0)} no-call "
         f"({result.prepared.n_frames} frames in {result.timings.get('total', 0.0):.1f} s)"
     )
-    for path in result.paths.final_outputs:
+    for path in (p for p in result.paths.final_outputs if p.exists()):
         print(f"  {path}")
     return 0
 

@@ -12,7 +12,7 @@ import click
 
 from virnucpro import __version__
 from virnucpro.config import DeviceKind, Precision
-from virnucpro.errors import ConfigError, VirNucProError
+from virnucpro.errors import ConfigError, Terminated, VirNucProError
 from virnucpro.pipeline.parameters import RUN_PARAMETERS, RunParameter, build_config, parameter, parse_gpus
 
 __all__ = ["main", "cli"]
@@ -65,9 +65,20 @@ class _Group(click.Group):
         except VirNucProError as exc:
             click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; finished shards are kept and a re-run resumes.", err=True)
-            ctx.exit(130)
+        except OSError as exc:  # a full, read-only or unwritable disk wherever it is met: exit 5
+            from virnucpro.domain.disk import disk_error
+
+            error = disk_error(exc)
+            if error is None:
+                raise
+            click.echo(f"Error: {type(error).__name__}: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+            from virnucpro.pipeline.termination import INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
+
+            terminated = isinstance(exc, Terminated)
+            click.echo(TERMINATED_MESSAGE if terminated else INTERRUPTED_MESSAGE, err=True)
+            ctx.exit(Terminated.exit_code if terminated else 130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,7 +134,7 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
         f"{counts.get('non-virus', 0)} non-virus, {counts.get('no-call', 0)} no-call "
         f"({result.prepared.n_frames} frames in {result.timings['total']:.1f} s)"
     )
-    for path in result.paths.final_outputs:
+    for path in (p for p in result.paths.final_outputs if p.exists()):
         click.echo(f"  {path}")
 
 
@@ -232,8 +243,11 @@ def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
-    cli(args=argv, prog_name="virnucpro", obj={})
+    """Console entry point (SIGTERM stops a run like Ctrl-C; exit code 143)."""
+    from virnucpro.pipeline.termination import sigterm_stops
+
+    with sigterm_stops():
+        cli(args=argv, prog_name="virnucpro", obj={})
 
 
 if __name__ == "__main__":

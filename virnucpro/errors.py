@@ -13,6 +13,8 @@ __all__ = [
     "ModelLoadError",
     "WorkerError",
     "OutputError",
+    "DiskError",
+    "Terminated",
 ]
 
 
@@ -56,3 +58,25 @@ class OutputError(VirNucProError):
     """An output directory cannot be written, or holds results of a different run."""
 
     exit_code = 5
+
+
+class DiskError(OutputError):
+    """A file cannot be written: the disk is full, over quota, read-only or not writable.
+
+    ``errno`` is the ``OSError``'s; a worker reports it, so that the parent stops instead of
+    retrying a shard that cannot be written (see :mod:`virnucpro.domain.disk`).
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:
+        return (type(self), (str(self), self.errno))
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM; raised by the handler the entry points install, so a terminated
+    run stops like an interrupted one (workers ended, finished shards kept). Exit code 143."""
+
+    exit_code = 143

@@ -1,9 +1,9 @@
 """``virnucpro validate-precision``: how much a faster precision changes YOUR results.
 
-Runs the pipeline's own embedders (the same loaders, fast path and batching the workers use) on
-a sample of an input FASTA, once in fp32 and once per precision asked for, on the same device,
-inputs and weights, then classifies both in fp32 on the CPU, as the pipeline does. Reported per
-precision:
+Runs the pipeline's own embedders (the same loaders, fast path, token budget and embedding loop
+the workers use: :mod:`virnucpro.pipeline.embedding`) on a sample of an input FASTA, once in fp32
+and once per precision asked for, on the same device, inputs and weights, then classifies both in
+fp32 on the CPU, as the pipeline does. Reported per precision:
 
 - per model: cosine similarity of each frame's embedding to its fp32 embedding (min, median);
 - max |P(virus) difference| over frames;
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,6 @@ __all__ = [
     "PrecisionAgreement",
     "ValidationResult",
     "sample_frames",
-    "embed_all",
     "compare_embeddings",
     "validate_precision",
     "format_table",
@@ -95,26 +95,6 @@ def sample_frames(input_fasta: Path, chunk_length: int, max_frames: int) -> list
     return frames
 
 
-def embed_all(embedder, sequences: Sequence[str], token_budget: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Embeddings ``[N, dim]`` fp32 in input order, with the workers' batching."""
-    from virnucpro.pipeline.batching import pack_batches
-    from virnucpro.pipeline.worker import packing_options
-
-    rows = embedder.encode(list(sequences))
-    out = np.zeros((len(rows), embedder.dim), dtype=np.float32)
-    lengths = [len(r) for r in rows]
-    batches = pack_batches(lengths, token_budget, **packing_options(embedder))
-    pending = []
-    for batch in batches:
-        pending.append((batch, embedder.submit([rows[i] for i in batch])))
-        if len(pending) > 1:
-            done, handle = pending.pop(0)
-            out[done] = handle.result().numpy()
-    for done, handle in pending:
-        out[done] = handle.result().numpy()
-    return out
-
-
 def compare_embeddings(name: str, reference: np.ndarray, other: np.ndarray) -> ModelAgreement:
     """Per-row cosine similarity (min, median) and the largest absolute difference."""
     ref = reference.astype(np.float64)
@@ -137,10 +117,6 @@ def _chunk_labels(frame_ids: Sequence[str], probs: np.ndarray) -> dict[str, bool
     return {c.chunk_id: c.is_virus for c in call_chunks(scores)}
 
 
-def _default_budget(device: str) -> int:
-    return 4096 if device == "cpu" else 32768
-
-
 def validate_precision(
     input_fasta: Path,
     dnabert_model: Path,
@@ -160,10 +136,11 @@ def validate_precision(
 
     from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
     from virnucpro.models.reference.classifier import classify, load_classifier
+    from virnucpro.pipeline.budget import batch_budget
+    from virnucpro.pipeline.embedding import EmbeddingRunner
 
     say = progress or (lambda _msg: None)
     torch_device = torch.device(device)
-    budget = token_budget or _default_budget(torch_device.type)
     frames = sample_frames(Path(input_fasta), chunk_length, max_frames)
     if not frames:
         from virnucpro.errors import InputError
@@ -174,15 +151,19 @@ def validate_precision(
     proteins = [f.protein for f in frames]
     model = load_classifier(Path(classifier))
 
+    def embed(embedder: Any, precision: Precision, sequences: list[str]) -> np.ndarray:
+        budget = batch_budget(torch_device, embedder.dim, precision, token_budget)  # a worker's
+        return EmbeddingRunner(embedder, budget).embed(sequences).matrix
+
     def run(precision: Precision) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         started = time.perf_counter()
         say(f"{precision.value}: DNABERT-S on {len(dna)} frames")
         embedder = load_dnabert_embedder(Path(dnabert_model), torch_device, precision, compile=compile)
-        dnabert = embed_all(embedder, dna, budget)
+        dnabert = embed(embedder, precision, dna)
         del embedder
         say(f"{precision.value}: ESM-2 on {len(proteins)} frames")
         embedder = load_esm2_embedder(Path(esm_model), torch_device, precision, compile=compile)
-        esm = embed_all(embedder, proteins, budget)
+        esm = embed(embedder, precision, proteins)
         del embedder
         gc.collect()
         if torch_device.type == "cuda":

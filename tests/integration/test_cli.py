@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -246,7 +247,10 @@ def test_bad_input_fails_cleanly(case: str, demo_models, tmp_path: Path) -> None
     path = _bad(tmp_path, name, data)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "prediction_results.txt").write_text("stale result of an older run\n")
+    stale = out / "prediction_results.txt"  # an earlier run's output, listed in its manifest
+    stale.write_text("stale result of an older run\n")
+    (out / ".virnucpro_outputs.json").write_text(json.dumps(
+        {"version": 1, "files": {stale.name: hashlib.sha256(stale.read_bytes()).hexdigest()}}))
     result = _invoke("predict", str(path), "--output-dir", str(out), "--device", "cpu", *_model_args(demo_models))
     assert result.exit_code == 2, result.output
     assert "InputError" in result.output and name in result.output and expected in result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from virnucpro.config import Precision
 from virnucpro.pipeline.heap import settle_heap
 
 
@@ -52,7 +53,7 @@ def test_worker_settles_after_load_and_frees_a_released_model(demo_models, tmp_p
     from virnucpro.pipeline.stage import FeatureStage
     from virnucpro.pipeline.worker import _Worker
 
-    spec = WorkerSpec(dnabert_path=demo_models.dnabert, esm_path=demo_models.esm, precision="fp32",
+    spec = WorkerSpec(dnabert_path=demo_models.dnabert, esm_path=demo_models.esm, precision=Precision.FP32,
                       on_gpu=False, preload=())
     worker = _Worker("w0", spec, queue.Queue())
     gc.unfreeze()

@@ -8,6 +8,10 @@ untouched, so an interrupted run never leaves a file that looks complete.
 
 The temporary file is created with the usual ``0o666 & ~umask`` permissions (not ``0o600`` as
 :func:`tempfile.mkstemp` would), so outputs are as readable as files written with plain ``open``.
+
+A full, read-only or unwritable disk raises :class:`~virnucpro.errors.DiskError` naming the final
+path (see :mod:`virnucpro.domain.disk`). A writer killed mid-write (SIGKILL) leaves its temporary
+file; :func:`remove_stale_temps` removes those of one path once the writer is known dead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes"]
+from virnucpro.domain.disk import disk_error
+from virnucpro.errors import DiskError
+
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temps"]
 
 _WRITE_MODES = frozenset({"w", "wt", "wb"})
 _CREATE_ATTEMPTS = 100
@@ -28,13 +35,29 @@ _CREATE_ATTEMPTS = 100
 def _create_temp(path: Path) -> tuple[int, Path]:
     """Create a new, empty, hidden temp file beside ``path``; return its descriptor and path."""
     for _ in range(_CREATE_ATTEMPTS):
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        temp = path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
         return fd, temp
     raise FileExistsError(f"could not create a temporary file beside {path}")  # pragma: no cover
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> int:
+    """Remove the temporary files :func:`atomic_open` left beside ``path`` (their writer died);
+    return how many. Call it only when no writer of ``path`` is running."""
+    target = Path(path)
+    removed = 0
+    with contextlib.suppress(OSError):  # the directory is gone: nothing to remove
+        for temp in target.parent.glob(f"{_temp_prefix(target)}*.tmp"):
+            temp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -57,17 +80,25 @@ def atomic_open(
     mode: str = "w",
     *,
     encoding: str = "utf-8",
+    size: int | None = None,
 ) -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it is replaced only when the ``with`` block succeeds.
 
     ``mode`` is ``"w"``/``"wt"`` (text, ``encoding``, no newline translation) or ``"wb"``. The
     parent directory must exist. On an exception the temporary file is deleted and the exception
-    re-raised.
+    re-raised; a disk ``OSError`` (full, read-only, permission) as a ``DiskError`` naming
+    ``path`` and, for a full disk, the free space and ``size`` (the bytes to write, if known).
     """
     if mode not in _WRITE_MODES:
         raise ValueError(f"atomic_open supports modes 'w', 'wt' and 'wb', not {mode!r}")
     target = Path(path)
-    fd, temp = _create_temp(target)
+    try:
+        fd, temp = _create_temp(target)
+    except OSError as exc:
+        error = _disk_error(exc, target, size)
+        if error is None:
+            raise
+        raise error from exc
     try:
         if mode == "wb":
             handle: IO[Any] = os.fdopen(fd, "wb")
@@ -83,10 +114,27 @@ def atomic_open(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        error = _disk_error(exc, target, size)
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_directory(target.parent)
+
+
+def _disk_error(exc: OSError, target: Path, size: int | None) -> DiskError | None:
+    """The DiskError for ``exc``, naming ``target`` (not its temporary file); None if not a disk
+    error. An error about another file (read in the ``with`` block) names that file."""
+    other = None
+    if exc.filename is not None:
+        named = Path(os.fsdecode(exc.filename))
+        if not (named.parent == target.parent and named.name.startswith(_temp_prefix(target))):
+            other = named
+    return disk_error(exc, other or target, size, name_path=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:

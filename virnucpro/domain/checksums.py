@@ -19,6 +19,7 @@ _BLOCK_SIZE = 1 << 20
 
 _known: dict[tuple[str, int, int, int, int], str] = {}
 _known_lock = threading.Lock()
+_reading: dict[tuple[str, int, int, int, int], threading.Lock] = {}  # one reader per file at a time
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -36,12 +37,15 @@ def sha256_file_unchanged(path: str | os.PathLike[str]) -> str:
     before = os.stat(real)
     key = (real, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
     with _known_lock:
-        known = _known.get(key)
-    if known is not None:
-        return known
-    digest = sha256_file(real)
-    after = os.stat(real)
-    if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == key[1:]:
+        reading = _reading.setdefault(key, threading.Lock())
+    with reading:  # a second caller (the background checksums, a feature stage) waits, reads nothing
         with _known_lock:
-            _known[key] = digest  # not remembered if the file changed while it was read
-    return digest
+            known = _known.get(key)
+        if known is not None:
+            return known
+        digest = sha256_file(real)
+        after = os.stat(real)
+        if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == key[1:]:
+            with _known_lock:
+                _known[key] = digest  # not remembered if the file changed while it was read
+        return digest

@@ -7,8 +7,8 @@ removed (tabs are removed too). Beyond Biopython, every record is checked, and a
 cannot use raises :class:`~virnucpro.errors.InputError` with a message that names the file, the
 record or line, and the fix: an empty file, a file that is not FASTA (FASTQ, GenBank, binary data,
 other compressions), a protein FASTA, an empty ID, a record without sequence, a character that is
-not a nucleotide code, a duplicated ID (counted over the whole file) and a truncated or corrupt
-gzip file.
+not a nucleotide code, a control character in a header, a duplicated ID (counted over the whole
+file) and a truncated or corrupt gzip file.
 
 Choices:
 
@@ -17,8 +17,13 @@ Choices:
   kept (about 60 bytes per record); a repeated hash is confirmed by re-reading the headers, which
   also gives every line of the duplicate (inputs that cannot be re-read, such as pipes, keep the
   IDs themselves instead).
-- gzip is detected by its magic bytes, not by the file name. CRLF line endings and a UTF-8
-  byte-order mark are accepted and give the same records as plain LF files.
+- gzip is detected by its magic bytes, not by the file name. CRLF and old Mac (CR-only) line
+  endings and a UTF-8 byte-order mark are accepted and give the same records as plain LF files
+  (lines are split as Python's universal newlines, which Biopython reads with, split them).
+- A header is UTF-8 text without control characters (C0 except the tab, DEL, C1): a NUL byte or
+  an escape sequence in a header would otherwise become part of an ID in every output table, so
+  it is an error naming the line and column. IDs and descriptions are kept as given, non-ASCII
+  letters included.
 - Case is preserved (the chunk file keeps it; translation upper-cases each chunk).
 - Allowed sequence letters are the IUPAC nucleotide codes ``ACGTUNRYKMSWBDHV`` in either case.
 - ``U`` (RNA input) is kept as given, not converted to ``T``: the original translates only ``ACGT``
@@ -31,6 +36,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +50,7 @@ from virnucpro.errors import InputError
 __all__ = [
     "NUCLEOTIDE_CODES",
     "FastaSummary",
+    "check_input_file",
     "read_fasta",
     "validate_fasta",
     "format_fasta_record",
@@ -76,6 +83,9 @@ _PROTEIN_MIN_LENGTH = 10
 _PROTEIN_MIN_LETTERS_WITH_AMINO_ACID = 4
 _MAX_DUPLICATE_LINES_SHOWN = 5
 _SNIFF_BYTES = 4096
+_READ_BLOCK = 1 << 20
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Characters a header may not hold: C0 controls except the tab, DEL and the C1 controls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,21 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[SequenceRecord]:
     :func:`validate_fasta` first to fail before doing any work.
     """
     return _FastaParser(Path(path)).records()
+
+
+def check_input_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` unless ``path`` is a regular file that can be opened and read.
+
+    Names the problem: not found, a directory, a pipe or device (the pipeline reads its input more
+    than once), permission denied, another compression.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise InputError(
+            f"{path}: is not a regular file (a pipe, socket or device); the input is read more "
+            "than once. Save it to a file first and re-run."
+        )
+    _FastaParser(path)._open().close()
 
 
 def validate_fasta(path: str | os.PathLike[str]) -> FastaSummary:
@@ -143,8 +168,6 @@ def write_fasta(
 
 def _describe_byte(value: int) -> str:
     char = chr(value)
-    if value == 0x0D:
-        return "a carriage return ('\\r')"
     if value == 0x09:
         return "a tab"
     if 0x20 < value < 0x7F:
@@ -167,8 +190,6 @@ def _hint_for_byte(value: int) -> str:
         )
     if char == ">":
         return "A header line must start with '>' in the first column."
-    if value == 0x0D:
-        return "The file seems to use old Mac (CR-only) line endings; convert them to LF."
     if char.isalpha() and value < 0x80:
         return "Replace unknown bases with 'N'."
     return "Remove or replace the character."
@@ -233,6 +254,8 @@ class _FastaParser:
 
     def _check_not_binary(self, handle: BinaryIO) -> None:
         sample = handle.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]  # type: ignore[attr-defined]
+        if sample.removeprefix(_BOM)[:1] == b">":
+            return  # FASTA-like: a NUL byte is reported with its line where the parser meets it
         if b"\x00" in sample:
             raise InputError(
                 f"{self.name}: is not a FASTA file: it holds binary data. "
@@ -256,7 +279,7 @@ class _FastaParser:
         length = 0
         non_acgtun = 0
         line_no = 0
-        for line_no, line in enumerate(handle, 1):
+        for line_no, line in enumerate(_iter_lines(handle), 1):
             if line_no == 1 and line.startswith(_BOM):
                 line = line[len(_BOM) :]
             if line[:1] == b">":
@@ -316,6 +339,14 @@ class _FastaParser:
                 f"{self.name}: line {line_no}: the header is not valid UTF-8 text "
                 f"(byte 0x{line[1 + error.start]:02x}). Save the file as UTF-8 or ASCII and re-run."
             ) from None
+        title = title.rstrip("\r\n")
+        control = _CONTROL.search(title)
+        if control is not None:
+            raise InputError(
+                f"{self.name}: line {line_no}: the header holds {_describe_control(control.group())} "
+                f"at column {control.start() + 2}; a header must be printable text (it becomes the "
+                "record ID in every output). Remove the character from the header and re-run."
+            )
         fields = title.split(None, 1)
         if not fields:
             raise InputError(
@@ -431,7 +462,7 @@ class _FastaParser:
         found: list[int] = []
         handle = self._open()
         try:
-            for line_no, line in enumerate(handle, 1):
+            for line_no, line in enumerate(_iter_lines(handle), 1):
                 if line_no == 1 and line.startswith(_BOM):
                     line = line[len(_BOM) :]
                 if line[:1] == b">":
@@ -450,6 +481,46 @@ class _FastaParser:
             self.name,
             record_id,
         )
+
+
+def _iter_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``handle``, each with its ending: LF, CRLF or a lone CR (old Mac files).
+
+    Read in blocks, so one line of any length costs linear time.
+    """
+    pending: list[bytes] = []  # the start of a line not ended yet
+    while True:
+        block = handle.read(_READ_BLOCK)
+        if not block:
+            break
+        if pending and pending[-1].endswith(b"\r"):  # a CR line, or the first half of a CRLF
+            if block.startswith(b"\n"):
+                pending.append(b"\n")
+                block = block[1:]
+            yield b"".join(pending)
+            pending = []
+        lines = block.splitlines(keepends=True)
+        if not lines:
+            continue
+        last = lines.pop()
+        if lines and pending:
+            lines[0] = b"".join(pending) + lines[0]
+            pending = []
+        yield from lines
+        pending.append(last)
+        if last.endswith(b"\n"):
+            yield b"".join(pending)
+            pending = []
+    if pending:
+        yield b"".join(pending)
+
+
+def _describe_control(char: str) -> str:
+    if char == "\x00":
+        return "a NUL byte (0x00)"
+    if char in "\x0b\x0c":
+        return "a vertical tab or form feed"
+    return f"the control character U+{ord(char):04X}"
 
 
 def _list_lines(numbers: list[int]) -> str:

@@ -94,46 +94,75 @@ def prepared_paths(
 
 @dataclass(frozen=True, slots=True)
 class OutputPaths:
-    """All output paths of one run, derived from its output directory."""
+    """All output paths of one run, derived from its output directory.
+
+    A run writes its final outputs into a staging folder of the work directory
+    (:meth:`staged`) and publishes them together at the end (:meth:`published` gives the real
+    places), so a failed run never leaves a partial set that looks complete.
+    """
 
     output_dir: Path
+    staging: bool = False
 
     @classmethod
     def for_dir(cls, output_dir: str | os.PathLike[str]) -> OutputPaths:
         return cls(output_dir=Path(output_dir))
 
+    def staged(self) -> OutputPaths:
+        """The same paths with the final outputs in :attr:`staging_dir`."""
+        return OutputPaths(self.output_dir, staging=True)
+
+    def published(self) -> OutputPaths:
+        """The same paths with the final outputs in the output directory."""
+        return OutputPaths(self.output_dir, staging=False)
+
+    @property
+    def _final_dir(self) -> Path:
+        return self.staging_dir if self.staging else self.output_dir
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where a run writes its final outputs before publishing them all at once."""
+        return self.output_dir / ".virnucpro_work" / "staging"
+
+    @property
+    def outputs_manifest(self) -> Path:
+        """What the last finished run published here, with SHA-256s: the only files a later run
+        may remove (a user's file of the same name is never touched)."""
+        return self.output_dir / ".virnucpro_outputs.json"
+
     # Final outputs ---------------------------------------------------------------------------
     @property
     def prediction_results(self) -> Path:
-        return self.output_dir / "prediction_results.txt"
+        return self._final_dir / "prediction_results.txt"
 
     @property
     def highest_score(self) -> Path:
-        return self.output_dir / "prediction_results_highestscore.csv"
+        return self._final_dir / "prediction_results_highestscore.csv"
 
     @property
     def sequences(self) -> Path:
-        return self.output_dir / "prediction_sequences.tsv"
+        return self._final_dir / "prediction_sequences.tsv"
 
     @property
     def regions(self) -> Path:
-        return self.output_dir / "prediction_regions.tsv"
+        return self._final_dir / "prediction_regions.tsv"
 
     @property
     def virus_fasta(self) -> Path:
-        return self.output_dir / "virus.fna"
+        return self._final_dir / "virus.fna"
 
     @property
     def provirus_fasta(self) -> Path:
-        return self.output_dir / "provirus.fna"
+        return self._final_dir / "provirus.fna"
 
     @property
     def run_info(self) -> Path:
-        return self.output_dir / "run_info.json"
+        return self._final_dir / "run_info.json"
 
     @property
     def report(self) -> Path:
-        return self.output_dir / "report.html"
+        return self._final_dir / "report.html"
 
     @property
     def final_outputs(self) -> tuple[Path, ...]:

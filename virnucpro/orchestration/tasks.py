@@ -24,18 +24,26 @@ from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from virnucpro.domain.disk import is_disk_error
 from virnucpro.orchestration.batch import InboxScan, scan_inbox
 from virnucpro.pipeline.memory import MemoryCheckpoint
 from virnucpro.pipeline.steps import CHECKPOINT, STEPS, Step
 
-__all__ = ["PrefectSteps", "STEP_TASKS", "find_new_samples"]
+__all__ = ["PrefectSteps", "STEP_TASKS", "find_new_samples", "retry_unless_disk_error"]
 
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def retry_unless_disk_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: a full, read-only or unwritable disk stays so, no retry."""
+    return not is_disk_error(state.result(raise_on_failure=False))
 
 
 def _as_task(step: Step) -> Task[Any, Any]:
     options: dict[str, Any] = dict(_TASK_OPTIONS, name=step.name, retries=step.retries,
                                    description=(step.fn.__doc__ or "").strip().split("\n")[0])
+    if step.retries:
+        options["retry_condition_fn"] = retry_unless_disk_error
     if step.run_name:
         options["task_run_name"] = step.run_name
     return task(step.fn, **options)

@@ -10,6 +10,7 @@ from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.report import render_report
 from virnucpro.pipeline.memory import MemoryCheckpoint
+from virnucpro.pipeline.output_dir import publish_outputs
 from virnucpro.pipeline.plan import RunPlan
 from virnucpro.pipeline.run_info import RunInfo, build_run_info
 from virnucpro.pipeline.stages import ClassifyReport, PreparedSample, ReportResult
@@ -48,11 +49,12 @@ def finalize_run(
     timings: dict[str, float],
     checksums: dict[str, dict[str, Any]],
 ) -> PredictionResult:
-    """Write run_info.json, report.html and the DONE marker; return the run's result."""
+    """Write run_info.json and report.html, publish every final output, mark the run DONE."""
     info = build_run_info(plan, prepared, stages, classify, report, checkpoints, timings, checksums)
-    paths = prepared.paths
-    info.write(paths.run_info)
-    atomic_write_text(paths.report, render_report(info, paths))
+    staged = prepared.paths
+    info.write(staged.run_info)
+    atomic_write_text(staged.report, render_report(info, staged))
+    paths = publish_outputs(staged)  # every final output at once, after all were written
     atomic_write_text(paths.done_marker, prepared.input_sha256 + "\n")
     if plan.demo_models:
         logger.warning(

@@ -71,13 +71,18 @@ class TaskDone:
     peak_mib: float
     oom_retries: int
     model_loads: dict[str, int] = field(default_factory=dict)
+    fp32_recomputed: int = 0  # frames whose embedding was non-finite and was computed in fp32
 
 
 @dataclass(frozen=True, slots=True)
 class TaskFailed:
+    """A task failed; ``errno`` is set for a disk error (full, read-only, permission): the parent
+    then stops instead of retrying."""
+
     worker: str
     task_id: int
     error: str
+    errno: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,9 @@ RUN_PARAMETERS: tuple[RunParameter, ...] = (
     RunParameter("device", DeviceName, "choice", "Where the encoders run: auto, cpu or cuda.",
                  default=_default("device"), choices=tuple(d.value for d in DeviceKind)),
     RunParameter("precision", PrecisionName, "choice",
-                 "Encoder precision: auto (fp32, the original's numbers), fp32, bf16 or fp16.",
+                 "Encoder precision: auto (fp16 on a GPU with fp32 residual stream and layer norms, an "
+                 "fp32 re-run of any non-finite embedding; fp32 on the CPU), fp32 (the original's exact "
+                 "arithmetic), bf16 or fp16.",
                  default=_default("precision"), choices=tuple(p.value for p in Precision)),
     RunParameter("gpus", list[int] | None, "gpus",
                  "GPU indices to use, e.g. 0,1 [default: every visible GPU]."),

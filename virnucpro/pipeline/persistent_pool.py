@@ -13,6 +13,11 @@ when a stage raised.
   a task that fails ``max_attempts`` times fails its future with a
   :class:`~virnucpro.errors.WorkerError` naming the shard's frame IDs.
 - Each worker has its own pipes, so a SIGKILLed worker cannot corrupt another's channel.
+- A task that failed on a disk error (full, read-only, permission; the worker reports the
+  errno) is not retried: its future fails with a :class:`~virnucpro.errors.DiskError` at once.
+- Closed while a ``KeyboardInterrupt`` (Ctrl-C, or ``Terminated`` for SIGTERM) or another
+  ``BaseException`` propagates, the pool ends its workers at once instead of letting each
+  finish its shard; a killed worker's partial feature file is removed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -31,7 +37,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from virnucpro.errors import ModelLoadError, WorkerError
+from virnucpro.domain.atomic import remove_stale_temps
+from virnucpro.domain.disk import DISK_ERRNOS
+from virnucpro.errors import DiskError, ModelLoadError, WorkerError
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.messages import (
     EmbedTask,
@@ -201,17 +209,23 @@ class PersistentWorkerPool:
         return _Slot(info, process, task_send, result_recv)
 
     def close(self) -> None:
-        """Stop every worker and release its memory; safe to call twice and after errors."""
+        """Stop every worker and release its memory; safe to call twice and after errors.
+
+        Normally each worker finishes the shards it holds. Called while a ``BaseException`` that
+        is not an ``Exception`` propagates (Ctrl-C, SIGTERM, exit), it ends them at once.
+        """
         if self._closed:
             return
         self._closed = True
+        interrupted = _interrupt_in_flight()
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
-        for slot in self._slots:
-            with contextlib.suppress(OSError, ValueError):  # a dead worker's pipe is already gone
-                slot.task_conn.send(None)
-        deadline = time.monotonic() + 20
+        if not interrupted:
+            for slot in self._slots:
+                with contextlib.suppress(OSError, ValueError):  # a dead worker's pipe is already gone
+                    slot.task_conn.send(None)
+        deadline = time.monotonic() + (0 if interrupted else 20)
         for slot in self._slots:
             slot.process.join(timeout=max(0.1, deadline - time.monotonic()))
             if slot.process.is_alive():
@@ -224,6 +238,8 @@ class PersistentWorkerPool:
         with self._lock:
             jobs = list(self._pending) + [j for s in self._slots for j in s.jobs.values()]
             self._pending.clear()
+        for slot in self._slots:
+            _remove_partial_files(slot.jobs.values())
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(WorkerError("the worker pool was closed before this shard ran"))
@@ -357,7 +373,9 @@ class PersistentWorkerPool:
         elif isinstance(message, TaskFailed):
             with self._lock:
                 job = slot.jobs.pop(message.task_id, None)
-            if job is not None:
+            if job is not None and message.errno in DISK_ERRNOS:  # retrying cannot help
+                job.future.set_exception(DiskError(message.error, message.errno))
+            elif job is not None:
                 self._retry_or_fail(job, f"{info.name}: {message.error}")
         elif isinstance(message, StageEnded):
             self._note_loads(info, message.model_loads)
@@ -397,6 +415,7 @@ class PersistentWorkerPool:
             jobs, slot.jobs = list(slot.jobs.values()), {}
             index = self._slots.index(slot)
         _close_conns(slot)
+        _remove_partial_files(jobs)
         info.restarts += 1
         if info.restarts > self.max_attempts * max(1, len(self._infos)) + 3:
             raise WorkerError(f"worker {info.name} keeps dying (exit code {code}); giving up")
@@ -426,6 +445,18 @@ class _ConnQueue:
 
     def put(self, item: Any) -> None:
         self.conn.send(item)
+
+
+def _interrupt_in_flight() -> bool:
+    """True when called while a KeyboardInterrupt, SystemExit or the like propagates."""
+    exc = sys.exc_info()[1]
+    return exc is not None and not isinstance(exc, Exception)
+
+
+def _remove_partial_files(jobs: Any) -> None:
+    """Remove the temporary feature files a dead worker left for ``jobs``."""
+    for job in jobs:
+        remove_stale_temps(job.task.out_path)
 
 
 def _close_conns(slot: _Slot) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from virnucpro.config import RunConfig
+from virnucpro.models.compatibility import ModelDims, check_compatibility
 from virnucpro.models.discovery import ResolvedModels, resolve_models
 from virnucpro.pipeline.calling import CallSettings, calling_settings
 from virnucpro.pipeline.devices import WorkerDevice, plan_devices
@@ -23,6 +24,7 @@ class RunPlan:
     devices: tuple[WorkerDevice, ...]
     spec: WorkerSpec
     persistent_models: bool
+    dims: ModelDims
     calling: CallSettings
 
     @property
@@ -42,9 +44,11 @@ def resolve_run_models(config: RunConfig) -> ResolvedModels:
 
 
 def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
-    """Resolve the calling settings, models and devices; start nothing."""
+    """Resolve the calling settings, models (and check they fit together) and devices; start
+    nothing."""
     calling = calling_settings(config)  # first: a bad threshold fails before any model is looked for
     models = resolve_run_models(config)
+    dims = check_compatibility(models, config.chunk_length)
     devices = tuple(plan_devices(config))
     on_gpu = any(d.is_cuda for d in devices)
     spec = WorkerSpec(
@@ -55,4 +59,4 @@ def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
         preload=FEATURE_STAGES,
         toks_per_batch=config.toks_per_batch,
     )
-    return RunPlan(config, models, devices, spec, persistent_models, calling)
+    return RunPlan(config, models, devices, spec, persistent_models, dims, calling)

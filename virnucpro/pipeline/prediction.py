@@ -1,7 +1,8 @@
 """run_prediction: the framework-free engine behind ``virnucpro predict`` and the Prefect flow.
 
 The order of a run, written once: memory checkpoint → plan (models, devices) → model checksums
-(beside the rest) → prepare → for each feature stage: features, memory checkpoint → classify →
+(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → for
+each feature stage: features, memory checkpoint → classify →
 report → memory checkpoint → finalize. Both feature stages run through
 ``BatchQueueManager(..., use_persistent_pool=persistent_models)`` semantics, on the workers of the
 run's :class:`~virnucpro.pipeline.lease.PoolLease`.
@@ -19,7 +20,9 @@ from collections.abc import Callable
 
 from virnucpro.config import RunConfig
 from virnucpro.pipeline.finalize import PredictionResult
+from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.lease import PoolLease
+from virnucpro.pipeline.output_dir import clear_earlier_outputs
 from virnucpro.pipeline.output_lock import output_lock
 from virnucpro.pipeline.stage import FEATURE_STAGES
 from virnucpro.pipeline.steps import (
@@ -32,6 +35,7 @@ from virnucpro.pipeline.steps import (
     PLAN,
     PREPARE,
     REPORT,
+    START_WORKERS,
     DirectSteps,
     StepCaller,
 )
@@ -60,6 +64,8 @@ def run_prediction(
     """
     caller = steps if steps is not None else DirectSteps()
     with output_lock(config.output_dir):
+        # before any work that can fail (model resolution too): a failed run leaves no old results
+        clear_earlier_outputs(OutputPaths.for_dir(config.output_dir))
         if lease is not None:
             return _run(config, lease, caller, on_progress)
         with PoolLease.for_run(persistent_models or config.persistent_models) as own:
@@ -76,8 +82,12 @@ def _run(
     checkpoints = [call.run(CHECKPOINT, "start", None)]
     plan = call.run(PLAN, config, lease.persistent)
     checksums = call.start(CHECKSUMS, plan.models)  # hashes the large files while the run goes on
+    # resident workers load their models while the input is prepared
+    workers = call.start(START_WORKERS, lease, plan) if lease.persistent else None
     prepared = call.run(PREPARE, config)
     timings: dict[str, float] = {"prepare": prepared.seconds}
+    if workers is not None:
+        timings["start_workers"] = workers.result()
     reports: list[StageReport] = []
     for stage in FEATURE_STAGES:
         report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress)

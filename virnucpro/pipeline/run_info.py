@@ -96,12 +96,14 @@ class StageInfo:
     pool_start_seconds: float
     frames_per_s: float
     tokens_per_s: float
+    resumed: bool = False
+    fp32_recomputed: int = 0
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
-        data = asdict(report)
-        data["stage"] = report.stage.value
-        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s)
+        data = report.to_dict()
+        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed")}
+        return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property
     def label(self) -> str:
@@ -273,7 +275,7 @@ def build_run_info(
     """The run's provenance record from its plan and what each step reported."""
     import torch
 
-    paths: OutputPaths = prepared.paths
+    paths: OutputPaths = prepared.paths.published()  # where the outputs end up
     demo = plan.demo_models
     return RunInfo(
         run_info_version=RUN_INFO_VERSION,

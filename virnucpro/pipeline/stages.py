@@ -23,7 +23,7 @@ from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.calibration import calibrate_calls
 from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_track
 from virnucpro.domain.checksums import sha256_file
-from virnucpro.domain.fasta import read_fasta
+from virnucpro.domain.fasta import check_input_file, read_fasta
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.domain.prepare import iter_frames
 from virnucpro.domain.handoff import write_handoff_fasta
@@ -35,19 +35,22 @@ from virnucpro.domain.tables import (
     write_regions,
     write_sequence_calls,
 )
-from virnucpro.errors import InputError, ModelLoadError, OutputError
+from virnucpro.errors import ModelLoadError, OutputError
 from virnucpro.pipeline.shards import (
     Shard,
+    check_work_dir,
     features_complete,
     iter_shard_ids,
     load_features,
+    prepared_problem,
     read_shard,
     save_features,
     write_shard,
 )
 from virnucpro.pipeline.calling import CallSettings
-from virnucpro.pipeline.stage import FeatureStage
+from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
 from virnucpro.pipeline.tracks import iter_tracks, read_records, write_descriptions
+from virnucpro.pipeline.work_keys import claim_folder, read_key, score_key
 
 __all__ = [
     "PreparedSample",
@@ -80,7 +83,8 @@ class PreparedSample:
 
     @property
     def paths(self) -> OutputPaths:
-        return OutputPaths.for_dir(self.output_dir)
+        """The run's paths, final outputs staged (published together when the run finished)."""
+        return OutputPaths.for_dir(self.output_dir).staged()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +125,10 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     """
     started = time.perf_counter()
     input_path = Path(config.input_fasta)
-    if not input_path.is_file():
-        raise InputError(f"{input_path}: no such file; check the path of the input FASTA")
+    check_input_file(input_path)
     paths = OutputPaths.for_dir(config.output_dir)
     _check_output_dir(paths)
+    check_work_dir(paths.work_dir)
     input_sha = sha256_file(input_path)
     manifest = _read_manifest(paths.manifest)
     key = {"input_sha256": input_sha, "chunk_length": config.chunk_length,
@@ -134,14 +138,16 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
             Shard(s["shard_id"], paths.shards_dir / s["file"], s["n_frames"], s["n_tokens"])
             for s in manifest["shards"]
         )
-        if all(s.path.exists() for s in shards):
+        problem = prepared_problem(shards, paths.records, manifest["n_records"])
+        if problem is None:
             logger.info("reusing the preparation of %s (%d frames)", input_path, manifest["n_frames"])
             return PreparedSample(
                 input_path, input_sha, config.chunk_length, Path(config.output_dir),
                 manifest["n_records"], manifest["n_chunks"], manifest["n_frames"], shards,
                 time.perf_counter() - started, reused=True,
             )
-    if paths.work_dir.exists():
+        logger.warning("%s; preparing %s again (finished feature files are kept)", problem, input_path)
+    elif paths.work_dir.exists():
         shutil.rmtree(paths.work_dir)  # a different input or settings: nothing is reusable
     paths.shards_dir.mkdir(parents=True, exist_ok=True)
     n_records = n_chunks = n_frames = 0
@@ -205,10 +211,6 @@ def _check_output_dir(paths: OutputPaths) -> None:
         paths.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {paths.output_dir}: {exc}") from exc
-    # Outputs of an earlier run are removed up front, so a failed run never leaves
-    # files that look like its complete result.
-    for path in paths.final_outputs:
-        path.unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -227,6 +229,8 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
 
     started = time.perf_counter()
     paths = prepared.paths
+    features = {stage.value: read_key(paths.features_dir / stage.value) for stage in FEATURE_STAGES}
+    claim_folder(paths.scores_dir, score_key(classifier_path, features), "scores")
     model = load_classifier(classifier_path)
     input_dim = int(model.input_dim)
     skipped = 0
@@ -270,6 +274,7 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
     """
     started = time.perf_counter()
     paths = prepared.paths
+    paths.staging_dir.mkdir(parents=True, exist_ok=True)
     all_scores: list[FrameScore] = []
     n_written = write_prediction_results(
         paths.prediction_results, (score for _, _, score in _tracked(_iter_frame_scores(prepared), all_scores))

@@ -16,14 +16,16 @@ Steps take and return paths, configs and small typed records; a feature step als
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from virnucpro.config import RunConfig
+from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.checksums import sha256_file
 from virnucpro.models.discovery import ResolvedModels
 from virnucpro.pipeline.finalize import finalize_run
@@ -32,6 +34,7 @@ from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.pipeline.plan import RunPlan, plan_run
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
+from virnucpro.pipeline.work_keys import claim_folder, feature_key, record_model_sha256
 from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "PLAN",
     "CHECKSUMS",
     "PREPARE",
+    "START_WORKERS",
     "FEATURES",
     "CHECKPOINT",
     "CLASSIFY",
@@ -50,6 +54,7 @@ __all__ = [
     "STEPS",
     "model_checksums",
     "feature_step",
+    "start_workers",
     "memory_checkpoint",
     "PERSISTENT_LOG_LINE",
     "PERSISTENT_CPU_LOG_LINE",
@@ -106,9 +111,44 @@ def feature_step(
     lease: PoolLease,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> StageReport:
-    """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives."""
+    """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives.
+
+    Feature files of this stage made by another model, tokenizer, precision or format are
+    recomputed (:mod:`~virnucpro.pipeline.work_keys`); a stage found complete reports the figures
+    of the run that computed it, marked ``resumed``.
+    """
+    paths = prepared.paths
+    folder = paths.features_dir / stage.value
+    model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
+    claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features",
+                 model=model.weights_file)
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
-    return queue.run_stage(stage, list(prepared.shards), prepared.paths)
+    report = queue.run_stage(stage, list(prepared.shards), paths)
+    record_model_sha256(folder, model.weights_file)  # hashed beside the stage by the checksums step
+    earlier = folder / _STAGE_REPORT
+    if report.shards_skipped == report.shards_total and report.shards_total:
+        stored = _read_stage_report(earlier)
+        if stored is not None:
+            return replace(stored, resumed=True, shards_skipped=report.shards_skipped)
+    elif report.shards_skipped == 0:
+        atomic_write_text(earlier, json.dumps(report.to_dict(), indent=1) + "\n")
+    return report
+
+
+_STAGE_REPORT = "REPORT.json"
+
+
+def _read_stage_report(path: Any) -> StageReport | None:
+    try:
+        return StageReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def start_workers(lease: PoolLease, plan: RunPlan) -> float:
+    """Start the run's resident workers (both models) now, while the input is prepared; the
+    seconds it took (0 when the lease's pool already runs, e.g. the night's)."""
+    return lease.start(list(plan.devices), plan.spec)
 
 
 def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None) -> MemoryCheckpoint:
@@ -139,6 +179,7 @@ def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
 PLAN = Step("plan-run", _plan)
 CHECKSUMS = Step("model-checksums", model_checksums)
 PREPARE = Step("prepare", prepare_stage)
+START_WORKERS = Step("start-workers", start_workers)
 FEATURES: dict[FeatureStage, Step] = {
     FeatureStage.DNABERT: Step("dnabert-features", feature_step, retries=1),
     FeatureStage.ESM: Step("esm-features", feature_step, retries=1),
@@ -148,8 +189,8 @@ CLASSIFY = Step("classify", classify_stage)
 REPORT = Step("report", report_stage)
 FINALIZE = Step("finalize", finalize_run)
 
-STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, *FEATURES.values(), CHECKPOINT, CLASSIFY, REPORT,
-                           FINALIZE)
+STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, START_WORKERS, *FEATURES.values(), CHECKPOINT,
+                           CLASSIFY, REPORT, FINALIZE)
 """Every step of a run (the order a run takes them is :func:`run_prediction`'s)."""
 
 

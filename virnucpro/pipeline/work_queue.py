@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline.devices import WorkerDevice
@@ -69,6 +69,17 @@ class StageReport:
     worker_restarts: int = 0
     oom_retries: int = 0
     pool_start_seconds: float = 0.0
+    resumed: bool = False  # every shard was already done: these are the figures of the run that did it
+    fp32_recomputed: int = 0  # frames non-finite at the run's precision, computed again in fp32
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stage"] = self.stage.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageReport":
+        return cls(**{**data, "stage": FeatureStage(data["stage"])})
 
     @property
     def frames_per_s(self) -> float:
@@ -158,6 +169,7 @@ class BatchQueueManager:
             worker_restarts=restarts,
             oom_retries=sum(d.oom_retries for d in dones),
             pool_start_seconds=pool_start,
+            fp32_recomputed=sum(d.fp32_recomputed for d in dones),
         )
         logger.info(
             "%s: %d frames, %d tokens in %.1f s (%.0f frames/s, %.0f tokens/s)",

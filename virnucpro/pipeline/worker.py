@@ -8,11 +8,16 @@ Testing knob: ``VIRNUCPRO_FAULTS`` (JSON) makes a worker fail on purpose, to exe
 recovery paths for real: ``{"kill_marker": PATH}`` SIGKILLs the worker at its next task while
 PATH exists (deleting PATH first, so the replacement survives); ``{"oom_above_tokens": N}``
 raises a genuine ``torch.OutOfMemoryError`` for any batch over N padded tokens;
-``{"fail_frame": ID}`` makes every shard holding frame ID fail.
+``{"fail_frame": ID}`` makes every shard holding frame ID fail; ``{"disk_full": true}`` makes
+every feature write fail with ``ENOSPC``, as on a full disk.
+
+The worker ignores SIGINT: a Ctrl-C reaches the whole process group, and the parent, which
+handles it, ends the workers (no traceback from each of them). SIGTERM ends a worker at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro.pipeline.batching import pack_batches, padded_tokens
-from virnucpro.pipeline.encode_ahead import encode_ahead
+from virnucpro.config import Precision
+from virnucpro.domain.disk import disk_error
+from virnucpro.errors import DiskError
+from virnucpro.pipeline.budget import batch_budget, warmup_tokens
+from virnucpro.pipeline.embedding import EmbeddingRunner
 from virnucpro.pipeline.heap import settle_heap
 from virnucpro.pipeline.messages import (
     EmbedTask,
@@ -42,29 +50,9 @@ from virnucpro.pipeline.messages import (
 from virnucpro.pipeline.shards import nonfinite_rows, read_shard, save_features
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["worker_main", "token_budget"]
+__all__ = ["worker_main", "task_failed"]
 
 logger = logging.getLogger(__name__)
-
-_CPU_TOKEN_BUDGET = 4096
-_MIN_TOKEN_BUDGET = 256
-_MAX_GPU_TOKEN_BUDGET = 131072
-_UNIFORM_FRACTION = 0.25
-"""A run of equal-length sequences filling this share of a batch is closed off as its own batch:
-it then needs no attention mask (SDPA's flash kernel)."""
-_WARMUP_TOKENS = 65536
-_MAX_PADDING = 0.05
-"""A batch is closed before it would become more than 5% padding (DNABERT-S lengths spread)."""
-DNABERT_ENCODE_GROUP = 2048
-"""DNABERT-S shards are tokenised this many sequences at a time, one group ahead of the GPU
-(:mod:`~virnucpro.pipeline.encode_ahead`); ESM-2's encoding is a table lookup, done at once."""
-
-
-def packing_options(embedder: Any) -> dict[str, Any]:
-    """``pack_batches`` options: padded batches avoid padding; packed batches have none."""
-    if getattr(embedder, "packed", False):
-        return {}
-    return {"uniform_fraction": _UNIFORM_FRACTION, "max_padding": _MAX_PADDING}
 
 
 @dataclass(slots=True)
@@ -72,6 +60,8 @@ class _Faults:
     kill_marker: Path | None = None
     oom_above_tokens: int | None = None
     fail_frame: str | None = None
+    disk_full: bool = False
+    nonfinite_frame: str | None = None  # that frame's embedding comes out NaN (below fp32)
 
     @classmethod
     def from_env(cls) -> "_Faults":
@@ -84,19 +74,35 @@ class _Faults:
             kill_marker=Path(marker) if marker else None,
             oom_above_tokens=data.get("oom_above_tokens"),
             fail_frame=data.get("fail_frame"),
+            disk_full=bool(data.get("disk_full", False)),
+            nonfinite_frame=data.get("nonfinite_frame"),
         )
 
+    def wrap(self, embedder: Any) -> Any:
+        """The embedder, or one that runs out of memory above ``oom_above_tokens``."""
+        if self.oom_above_tokens is None:
+            return embedder
+        return _OomAbove(embedder, self.oom_above_tokens)
 
-def token_budget(free_bytes: int, dim: int, elem_bytes: int) -> int:
-    """Padded tokens per batch that fit in ``free_bytes`` with room to spare.
 
-    Inference keeps about one layer's activations alive: the residual stream, q/k/v, attention
-    output and the 4x feed-forward hidden state, ~24 values of width ``dim`` per token. Half of the
-    free memory is used; an out-of-memory error still halves the batch and retries.
-    """
-    per_token = max(1, dim * 24 * elem_bytes)
-    budget = int(free_bytes * 0.5 // per_token)
-    return max(_MIN_TOKEN_BUDGET, min(_MAX_GPU_TOKEN_BUDGET, budget))
+class _OomAbove:
+    """An embedder whose ``submit`` raises a genuine ``torch.OutOfMemoryError`` for any batch over
+    ``limit`` padded tokens (the ``oom_above_tokens`` fault); everything else is the embedder's."""
+
+    def __init__(self, embedder: Any, limit: int) -> None:
+        self._embedder = embedder
+        self._limit = limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+    def submit(self, rows: Any) -> Any:
+        import torch
+
+        size = max(len(r) for r in rows) * len(rows) if rows else 0
+        if size > self._limit:
+            raise torch.OutOfMemoryError(f"injected OOM: batch of {size} tokens > {self._limit}")
+        return self._embedder.submit(rows)
 
 
 class _Worker:
@@ -116,7 +122,8 @@ class _Worker:
         self.precision = spec.precision
         self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
         self.embedders: dict[FeatureStage, Any] = {}
-        self.budgets: dict[FeatureStage, int] = {}
+        self.runners: dict[FeatureStage, EmbeddingRunner] = {}  # its token budget, once per stage
+        self.fp32_runners: dict[FeatureStage, EmbeddingRunner] = {}  # loaded on a non-finite row
         self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
         self.load_seconds: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
@@ -148,7 +155,9 @@ class _Worker:
         loaded = time.perf_counter()
         runner = getattr(embedder, "runner", None)
         if runner is not None and runner.layer.enabled:
-            embedder.warmup(self._warmup_tokens(embedder))
+            embedder.warmup(
+                warmup_tokens(self.device, embedder.dim, self.precision, self.spec.toks_per_batch)
+            )
             if self.spec.on_gpu:
                 self.torch.cuda.synchronize(self.device)
         self.embedders[stage] = embedder
@@ -162,19 +171,10 @@ class _Worker:
         )
         return embedder
 
-    def _warmup_tokens(self, embedder: Any) -> int:
-        """Warm-up batch size: realistic (kernels are tuned on it), at most 64k tokens."""
-        if self.spec.toks_per_batch:
-            return min(self.spec.toks_per_batch, _WARMUP_TOKENS)
-        if not self.spec.on_gpu:
-            return 512
-        free, _total = self.torch.cuda.mem_get_info(self.device)
-        elem = self.precision.bytes_per_element
-        return min(token_budget(free, embedder.dim, elem), _WARMUP_TOKENS)
-
     def release(self, stage: FeatureStage) -> None:
         self.embedders.pop(stage, None)
-        self.budgets.pop(stage, None)
+        self.runners.pop(stage, None)
+        self.fp32_runners.pop(stage, None)
         settle_heap()  # unfreezes first: the released model's objects are collected
         self._empty_cache()
 
@@ -182,19 +182,16 @@ class _Worker:
         if self.spec.on_gpu:
             self.torch.cuda.empty_cache()
 
-    def budget(self, stage: FeatureStage, embedder: Any) -> int:
-        if stage in self.budgets:
-            return self.budgets[stage]
-        if self.spec.toks_per_batch:
-            budget = self.spec.toks_per_batch
-        elif self.spec.on_gpu:
-            free, _total = self.torch.cuda.mem_get_info(self.device)
-            elem = self.precision.bytes_per_element
-            budget = token_budget(free, embedder.dim, elem)
-        else:
-            budget = _CPU_TOKEN_BUDGET
-        self.budgets[stage] = budget
-        return budget
+    def runner(self, stage: FeatureStage, embedder: Any) -> EmbeddingRunner:
+        """The stage's embedding loop; its token budget is read once (after loading) and lowered
+        by out-of-memory errors for the stage's later shards."""
+        if stage not in self.runners:
+            spec = self.spec
+            budget = batch_budget(self.device, embedder.dim, self.precision, spec.toks_per_batch)
+            self.runners[stage] = EmbeddingRunner(
+                self.faults.wrap(embedder), budget, label=self.name
+            )
+        return self.runners[stage]
 
     # -- work ---------------------------------------------------------------------------------
     def peak_mib(self) -> float:
@@ -217,8 +214,7 @@ class _Worker:
             try:
                 done = finish()
             except Exception as exc:  # a feature file that cannot be written fails its task
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                self.send(TaskFailed(worker=self.name, task_id=task.task_id, error=detail))
+                self.send(task_failed(self.name, task, exc))
                 return
             self.send(done)
 
@@ -229,7 +225,6 @@ class _Worker:
         """Embed one shard. Its GPU work is queued here; the rest (waiting for the last batches,
         writing the feature file atomically, reporting ``TaskDone``) runs on the finishing thread
         while this thread starts the next task."""
-        torch = self.torch
         if self.faults.kill_marker is not None and self.faults.kill_marker.exists():
             self.faults.kill_marker.unlink()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -241,95 +236,63 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        group = DNABERT_ENCODE_GROUP if task.stage is FeatureStage.DNABERT else None
-        groups = encode_ahead(seqs, embedder.encode, group)  # tokenised once, a group ahead
-        encoded: list[Any] = [None] * len(seqs)
-        lengths = [0] * len(seqs)
-        budget = self.budget(task.stage, embedder)
-        rows: list[Any] = [None] * len(seqs)
-        oom_retries = 0
-        padded = 0
-        pending: list[list[int]] = []
-        in_flight: list[tuple[list[int], Any]] = []  # at most one batch computing on the GPU
-
-        def collect() -> None:
-            batch, handle = in_flight.pop(0)
-            emb = handle.result()
-            for row, i in enumerate(batch):
-                rows[i] = emb[row]
-
-        while True:
-            if not pending:
-                next_group = next(groups, None)
-                if next_group is None:
-                    break
-                indices, tokens = next_group
-                for i, row in zip(indices, tokens):
-                    encoded[i] = row
-                    lengths[i] = len(row)
-                local = [len(row) for row in tokens]
-                options = packing_options(embedder)
-                pending = [[indices[j] for j in b] for b in pack_batches(local, budget, **options)]
-            batch = pending.pop(0)
-            size = padded_tokens(lengths, batch)
-            try:
-                if self.faults.oom_above_tokens is not None and size > self.faults.oom_above_tokens:
-                    raise torch.OutOfMemoryError(
-                        f"injected OOM: batch of {size} tokens > {self.faults.oom_above_tokens}"
-                    )
-                handle = embedder.submit([encoded[i] for i in batch])
-            except torch.OutOfMemoryError:
-                if len(batch) == 1:
-                    raise
-                while in_flight:
-                    collect()
-                oom_retries += 1
-                self._empty_cache()
-                half = len(batch) // 2
-                pending[:0] = [batch[:half], batch[half:]]
-                budget = max(_MIN_TOKEN_BUDGET, size // 2)
-                self.budgets[task.stage] = budget
-                logger.warning(
-                    "%s: out of memory on a batch of %d tokens; halving and retrying",
-                    self.name,
-                    size,
-                )
-                continue
-            padded += sum(lengths[i] for i in batch) if getattr(embedder, "packed", False) else size
-            in_flight.append((batch, handle))
-            if len(in_flight) > 1:  # the next batch is queued: now wait for the previous one
-                collect()
+        pending = self.runner(task.stage, embedder).submit(seqs)  # every batch queued
 
         def finish() -> TaskDone:
-            while in_flight:
-                collect()
-            if rows:
-                matrix = torch.stack(rows).numpy()
-            else:
-                import numpy as np
-
-                matrix = np.zeros((0, embedder.dim), dtype=np.float32)
+            embedded = pending.result()
             ids = [f.frame_id for f in frames]
+            matrix = embedded.matrix
+            if self.faults.nonfinite_frame in ids and self.precision is not Precision.FP32:
+                matrix[ids.index(self.faults.nonfinite_frame)] = float("nan")
+            recomputed = self._recompute_in_fp32(task.stage, ids, seqs, matrix)
             bad = nonfinite_rows(ids, matrix)
             if bad:
                 raise FloatingPointError(
                     f"non-finite {task.stage.label} embeddings for {len(bad)} frame(s): "
                     f"{', '.join(bad[:5])}"
                 )
+            if self.faults.disk_full:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected)")
             save_features(task.out_path, ids, matrix)
+            counts = embedded.counts
             return TaskDone(
                 worker=self.name,
                 task_id=task.task_id,
                 n_frames=len(frames),
-                n_tokens=int(sum(lengths)),
-                padded_tokens=padded,
+                n_tokens=counts.tokens,
+                padded_tokens=counts.padded_tokens,
                 seconds=time.perf_counter() - started,
                 peak_mib=self.peak_mib(),
-                oom_retries=oom_retries,
+                oom_retries=counts.oom_retries,
                 model_loads=dict(self.model_loads),
+                fp32_recomputed=recomputed,
             )
 
         self._finish_later(task, finish)
+
+    def _recompute_in_fp32(self, stage: FeatureStage, ids: list[str], seqs: list[str], matrix: Any) -> int:
+        """Rows that came out non-finite below fp32 (an fp16 overflow) computed again by the
+        stage's model in fp32, the original's arithmetic; returns how many. In fp32 there is
+        nothing to fall back to: the caller's check fails the shard."""
+        if self.precision is Precision.FP32:
+            return 0
+        bad = [ids.index(frame_id) for frame_id in nonfinite_rows(ids, matrix)]
+        if not bad:
+            return 0
+        logger.warning("%s: %d %s embedding(s) non-finite in %s (e.g. %s); computing them in fp32",
+                       self.name, len(bad), stage.label, self.precision.value, ids[bad[0]])
+        if stage not in self.fp32_runners:
+            from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
+
+            load = load_dnabert_embedder if stage is FeatureStage.DNABERT else load_esm2_embedder
+            path = self.spec.dnabert_path if stage is FeatureStage.DNABERT else self.spec.esm_path
+            embedder = load(path, self.device, Precision.FP32, compile=False)
+            budget = batch_budget(self.device, embedder.dim, Precision.FP32, self.spec.toks_per_batch)
+            self.fp32_runners[stage] = EmbeddingRunner(embedder, budget, label=f"{self.name}-fp32")
+        again = self.fp32_runners[stage].embed([seqs[i] for i in bad]).matrix
+        for row, i in enumerate(bad):
+            matrix[i] = again[row]
+        return len(bad)
 
     def end_stage(self, message: StageEnd) -> StageEnded:
         self.drain()
@@ -353,8 +316,19 @@ class _Worker:
         )
 
 
+def task_failed(worker: str, task: EmbedTask, exc: Exception) -> TaskFailed:
+    """The report of a failed task; a disk error carries its errno (the parent does not retry)."""
+    if isinstance(exc, OSError):
+        exc = disk_error(exc, task.out_path) or exc
+    if isinstance(exc, DiskError):
+        return TaskFailed(worker=worker, task_id=task.task_id, error=str(exc), errno=exc.errno)
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return TaskFailed(worker=worker, task_id=task.task_id, error=detail)
+
+
 def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     """Process entry point: load, then serve tasks until ``None`` arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
     logging.basicConfig(level=os.environ.get("VIRNUCPRO_WORKER_LOG_LEVEL", "WARNING"))
     try:
         worker = _Worker(name, spec, results)
@@ -389,5 +363,4 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
         try:
             worker.embed_task(message)
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            worker.send(TaskFailed(worker=name, task_id=message.task_id, error=detail))
+            worker.send(task_failed(name, message, exc))

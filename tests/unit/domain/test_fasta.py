@@ -15,6 +15,7 @@ import pytest
 
 from virnucpro.domain.fasta import (
     FastaSummary,
+    check_input_file,
     format_fasta_record,
     read_fasta,
     validate_fasta,
@@ -73,6 +74,61 @@ def test_crlf_gives_the_same_records_as_lf(tmp_path: Path) -> None:
     lf = _read(_write(tmp_path, GOOD, "lf.fa"))
     crlf = _read(_write(tmp_path, GOOD.replace("\n", "\r\n"), "crlf.fa"))
     assert crlf == lf
+
+
+def test_cr_only_line_endings_give_the_same_records_as_lf(tmp_path: Path) -> None:
+    """Old Mac files: Biopython reads them with universal newlines, so must we."""
+    lf = _read(_write(tmp_path, GOOD, "lf.fa"))
+    assert _read(_write(tmp_path, GOOD.replace("\n", "\r"), "cr.fa")) == lf
+    mixed = GOOD.replace("\n", "\r", 2).replace("\n", "\r\n", 1)
+    assert _read(_write(tmp_path, mixed, "mixed.fa")) == lf
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 7, 64])
+def test_line_endings_split_across_read_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """A CRLF cut between two reads is one line ending, not a CR line and an empty LF line."""
+    expected = _read(_write(tmp_path, GOOD, "lf.fa"))
+    monkeypatch.setattr("virnucpro.domain.fasta._READ_BLOCK", block)
+    for name, text in (("crlf.fa", GOOD.replace("\n", "\r\n")), ("cr.fa", GOOD.replace("\n", "\r"))):
+        assert _read(_write(tmp_path, text, name)) == expected
+    bad = _write(tmp_path, GOOD.replace("\n", "\r\n") + ">c\r\nAC!\r\n", "bad.fa")
+    with pytest.raises(InputError, match=r"line 7, record 'c'"):  # line numbers stay right
+        _read(bad)
+
+
+def test_non_ascii_ids_and_descriptions_are_kept(tmp_path: Path) -> None:
+    (record,) = _read(_write(tmp_path, ">contig_é Küste 東京\nACGT\n"))
+    assert (record.id, record.description) == ("contig_é", "Küste 東京")
+
+
+@pytest.mark.parametrize(
+    ("char", "shown"),
+    [
+        ("\x00", r"a NUL byte \(0x00\)"),
+        ("\x1b", "the control character U\\+001B"),
+        ("\x0c", "a vertical tab or form feed"),
+        ("\x7f", "the control character U\\+007F"),
+        ("\u0085", "the control character U\\+0085"),
+    ],
+)
+def test_control_character_in_a_header_names_the_line(tmp_path: Path, char: str, shown: str) -> None:
+    path = _write(tmp_path, f">a\nACGT\n>contig{char}_2 x\nACGT\n")
+    with pytest.raises(InputError, match=rf"sample\.fa: line 3: the header holds {shown} at column 8"):
+        _read(path)
+
+
+def test_nul_in_a_header_past_the_binary_sniff_is_an_error(tmp_path: Path) -> None:
+    """The first 4 kB are checked for binary data; a NUL later, in a header, must not become an ID."""
+    path = _write(tmp_path, ">a\n" + "ACGT" * 2000 + "\n>b\x00c\nACGT\n")
+    with pytest.raises(InputError, match="line 3: the header holds a NUL byte"):
+        _read(path)
+
+
+def test_a_tab_in_a_header_separates_id_and_description(tmp_path: Path) -> None:
+    (record,) = _read(_write(tmp_path, ">a\tdesc\tmore\nACGT\n"))
+    assert (record.id, record.description) == ("a", "desc\tmore")
 
 
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
@@ -335,6 +391,18 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_directory(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a directory"):
         _read(tmp_path)
+
+
+def test_check_input_file_names_the_problem(tmp_path: Path) -> None:
+    check_input_file(_write(tmp_path, GOOD))
+    with pytest.raises(InputError, match=r"nope\.fa: file not found"):
+        check_input_file(tmp_path / "nope.fa")
+    with pytest.raises(InputError, match=rf"{re.escape(str(tmp_path))}: is a directory, not a FASTA file"):
+        check_input_file(tmp_path)
+    fifo = tmp_path / "pipe.fa"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"pipe\.fa: is not a regular file.*Save it to a file"):
+        check_input_file(fifo)
 
 
 # --------------------------------------------------------------------------------------- writing

@@ -12,6 +12,7 @@ DOMAIN_MODULES = [
     "calls",
     "checksums",
     "chunking",
+    "disk",
     "fasta",
     "handoff",
     "outputs",

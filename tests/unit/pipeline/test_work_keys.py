@@ -1,0 +1,59 @@
+"""Cache keys: work is reused only when everything that made it is the same."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from virnucpro.pipeline.work_keys import claim_folder, read_key, record_model_sha256, score_key
+
+
+def _folder_with_work(tmp_path: Path, model: Path, key: dict) -> Path:
+    folder = tmp_path / "features"
+    assert claim_folder(folder, key, "features", model=model) is False  # nothing there yet
+    (folder / "shard_000000.npz").write_bytes(b"work")
+    return folder
+
+
+def test_the_same_file_is_recognised_without_hashing_and_a_copy_by_its_sha(tmp_path: Path) -> None:
+    model = tmp_path / "esm.pt"
+    model.write_bytes(b"weights v1")
+    key = {"stage": "esm", "format": 1, "precision": "fp32"}
+    folder = _folder_with_work(tmp_path, model, key)
+    assert "model_sha256" not in read_key(folder)  # not hashed on the stage's path
+    assert claim_folder(folder, key, "features", model=model) is False
+    record_model_sha256(folder, model)
+    assert len(read_key(folder)["model_sha256"]) == 64
+
+    copy = tmp_path / "elsewhere" / "esm.pt"
+    copy.parent.mkdir()
+    shutil.copy(model, copy)  # another place, the same bytes: the work stays
+    assert claim_folder(folder, key, "features", model=copy) is False
+    assert (folder / "shard_000000.npz").exists()
+    assert read_key(folder)["model_identity"][0] == str(copy.resolve())
+
+
+def test_a_changed_model_or_setting_empties_the_folder(tmp_path: Path) -> None:
+    model = tmp_path / "esm.pt"
+    model.write_bytes(b"weights v1")
+    key = {"stage": "esm", "format": 1, "precision": "fp32"}
+    folder = _folder_with_work(tmp_path, model, key)
+    model.write_bytes(b"weights v2")  # changed in place, never hashed before: stale
+    os.utime(model, ns=(1, 1))
+    assert claim_folder(folder, key, "features", model=model) is True
+    assert not (folder / "shard_000000.npz").exists()
+
+    (folder / "shard_000000.npz").write_bytes(b"work")
+    assert claim_folder(folder, {**key, "precision": "bf16"}, "features", model=model) is True
+    assert read_key(folder)["precision"] == "bf16"
+
+
+def test_scores_key_names_the_features_by_content(tmp_path: Path) -> None:
+    classifier = tmp_path / "500_model.pth"
+    classifier.write_bytes(b"mlp")
+    here = {"esm": {"stage": "esm", "model_sha256": "a" * 64, "model_identity": ["/x", 1, 2, 3, 4]}}
+    moved = {"esm": {"stage": "esm", "model_sha256": "a" * 64, "model_identity": ["/y", 9, 9, 9, 9]}}
+    assert score_key(classifier, here) == score_key(classifier, moved)
+    other = {"esm": {"stage": "esm", "model_sha256": "b" * 64}}
+    assert score_key(classifier, here) != score_key(classifier, other)

@@ -14,7 +14,8 @@ skipped and a half-done one resumes from the shards already on disk.
 
 A sample that fails (e.g. an ``InputError`` for a corrupt file) is recorded with its error and the
 night goes on. The night's summary is the ``nightly-summary`` artifact and
-``<outbox>/nightly-<date>.json``. **The flow run ends Failed when any sample failed** (after all
+``<outbox>/nightly-<date>.json``, with the night report ``nightly-<date>.html`` beside it (a row per
+sample with a link to its report.html, and the drift against earlier nights). **The flow run ends Failed when any sample failed** (after all
 others ran), so that a failed sample is noticed (Prefect notifications/automations) instead of
 hiding in a Completed run; fix or remove the sample and run the night again.
 """
@@ -52,6 +53,7 @@ from virnucpro.orchestration.batch import (  # noqa: E402
     outcome_from_outputs,
     write_night_report,
 )
+from virnucpro.orchestration.night_report import write_night_html  # noqa: E402
 from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
 from virnucpro.orchestration.tasks import STEP_TASKS, find_new_samples  # noqa: E402
 from virnucpro.pipeline.lease import PoolLease  # noqa: E402
@@ -59,6 +61,7 @@ from virnucpro.pipeline.parameters import (  # noqa: E402
     RUN_PARAMETERS,
     DeviceName,
     PrecisionName,
+    PresetName,
     add_argparse_option,
     build_config,
     parameters_docstring,
@@ -185,11 +188,14 @@ def _skipped(scan: InboxScan) -> list[SampleOutcome]:
 
 _RUN = {p.name: p.default for p in RUN_PARAMETERS}
 NIGHT_RUN_PARAMETERS = ("persistent_models", "chunk_length", "dnabert_model", "esm_model", "classifier",
-                        "device", "precision", "gpus", "toks_per_batch")
-"""The run parameters a night hands to every sample (the rest are the night's own)."""
+                        "device", "precision", "gpus", "toks_per_batch", "preset", "min_score",
+                        "min_virus_fraction", "smooth_window", "max_gap", "min_region_length",
+                        "calibration")
+"""The run parameters a night hands to every sample (the rest are the night's own): every sample
+of a night is called with the same thresholds, region rule and calibration."""
 _NIGHT_HELP = {
     "inbox": "Folder with the night's FASTA / FASTA.gz files (not searched recursively).",
-    "outbox": "Folder for one output directory per sample and nightly-<date>.json.",
+    "outbox": "Folder for one output directory per sample, nightly-<date>.json and nightly-<date>.html.",
     "pattern": "File-name globs of samples in the inbox.",
     "persistent_models": "One worker pool for the whole night: each GPU worker loads each model once "
                          "(default on, unlike a single run: a night has many samples).",
@@ -212,6 +218,13 @@ def _nightly(
     precision: PrecisionName = _RUN["precision"],
     gpus: list[int] | None = None,
     toks_per_batch: int | None = None,
+    preset: PresetName = _RUN["preset"],
+    min_score: float | None = None,
+    min_virus_fraction: float | None = None,
+    smooth_window: int = _RUN["smooth_window"],
+    max_gap: int = _RUN["max_gap"],
+    min_region_length: int = _RUN["min_region_length"],
+    calibration: Path | None = None,
     dispatch_deployments: bool = False,
     deployment: str = PREDICT_DEPLOYMENT,
     dispatch_timeout_s: float = 12 * 3600.0,
@@ -254,8 +267,9 @@ def _nightly(
         flow_run_id=str(context.flow_run.id) if context and context.flow_run else None,
     )
     path = write_night_report(night)
+    page = write_night_html(night)
     publish_nightly_summary(night)
-    logger.info("night summary: %s", path)
+    logger.info("night summary: %s; night report: %s", path, page)
     if night.failed:
         names = "; ".join(f"{Path(s.file).name}: {s.error}" for s in night.failed)
         return Failed(message=f"{len(night.failed)} of {len(scan.pending)} new sample(s) failed "

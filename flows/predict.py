@@ -53,6 +53,7 @@ from virnucpro.pipeline.parameters import (  # noqa: E402
     add_argparse_option,
     DeviceName,
     PrecisionName,
+    PresetName,
     build_config,
     parameters_docstring,
     parse_gpus,
@@ -78,6 +79,13 @@ def _predict(
     toks_per_batch: int | None = None,
     shard_frames: int = _D["shard_frames"],
     resume: bool = _D["resume"],
+    preset: PresetName = _D["preset"],
+    min_score: float | None = None,
+    min_virus_fraction: float | None = None,
+    smooth_window: int = _D["smooth_window"],
+    max_gap: int = _D["max_gap"],
+    min_region_length: int = _D["min_region_length"],
+    calibration: Path | None = None,
 ) -> PredictionResult:
     config: RunConfig = build_config(dict(locals()))
     return predict_in_flow(config)

@@ -19,3 +19,13 @@ if ! python -c 'import torch' 2>/dev/null; then
 fi
 python -m pip install -q -e '.[test]'
 python -c 'import virnucpro, torch, prefect; print("virnucpro", virnucpro.__version__, "torch", torch.__version__, "prefect", prefect.__version__)'
+# Chromium for the report's headless-browser test (tests/integration/test_report_browser.py, which
+# skips without it): installed only when missing, as root, where apt-get exists; a failed install
+# never fails the set-up.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; then
+    echo "chromium installed (for the report's browser test)"
+  else
+    echo "note: chromium could not be installed; the report's browser test will be skipped" >&2
+  fi
+fi

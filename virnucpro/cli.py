@@ -34,9 +34,10 @@ def _click_option(param: RunParameter):  # type: ignore[no-untyped-def]
     if param.kind == "gpus":
         return click.option(param.option, param.name, default=None, metavar="0,1",
                             callback=lambda _ctx, _p, value: parse_gpus(value), help=param.help)
-    if param.kind == "int":
-        return click.option(param.option, param.name, type=int, default=param.default,
-                            show_default=param.default is not None, help=param.help)
+    if param.kind in ("int", "float"):
+        return click.option(param.option, param.name, type=int if param.kind == "int" else float,
+                            default=param.default, show_default=param.default is not None,
+                            help=param.help)
     raise ValueError(f"run parameter {param.name!r} has an unknown kind {param.kind!r}")
 
 
@@ -162,6 +163,27 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     )
     for path in (p for p in result.paths.final_outputs if p.exists()):
         click.echo(f"  {path}")
+
+
+@cli.command()
+@click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="labels.tsv: sequence_id<TAB>label per line, label virus/non-virus (1/0, true/false).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Where to write the calibration file [default: OUTPUT_DIR/calibration.json].")
+def calibrate(output_dir: Path, labels: Path, out: Path | None) -> None:
+    """Fit temperature scaling of virus_score on the labelled run in OUTPUT_DIR; write the file
+    that `predict --calibration FILE` applies."""
+    from virnucpro.pipeline.calibrate import calibrate_run
+
+    result = calibrate_run(output_dir, labels, out)
+    c = result.calibration
+    click.echo(
+        f"temperature {c.temperature:.4g} fitted on {c.n_sequences} labelled sequences "
+        f"({c.n_virus} virus, {c.n_non_virus} non-virus); expected calibration error "
+        f"{c.ece_before:.3f} -> {c.ece_after:.3f}, log loss {c.nll_before:.3f} -> {c.nll_after:.3f}"
+    )
+    click.echo(str(result.path))
 
 
 @cli.group()

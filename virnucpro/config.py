@@ -119,6 +119,15 @@ class RunConfig:
     toks_per_batch: int | None = None  # None = sized from free device memory
     shard_frames: int = 4096  # frames per work unit handed to a worker
     resume: bool = True
+    # Calls, regions, calibration (virnucpro.domain.thresholds / regions / calibration; resolved
+    # and checked by virnucpro.pipeline.calling, which may import the domain):
+    preset: str = "default"  # relaxed | default | conservative
+    min_score: float | None = None  # None = the preset's
+    min_virus_fraction: float | None = None  # None = the preset's
+    smooth_window: int = 1  # odd number of chunks; 1 = no smoothing
+    max_gap: int = 1  # unscored chunks a region may bridge
+    min_region_length: int = 1000  # bp; shorter provirus regions are dropped
+    calibration: Path | None = None  # a file of `virnucpro calibrate`
 
     def __post_init__(self) -> None:
         if self.chunk_length not in CHUNK_LENGTHS:

@@ -5,6 +5,7 @@
 - the ``gpu-memory-checkpoints`` and ``prediction-summary`` artifacts exist, read back via the API;
 - the task runner pickles, duplicates, reads the flow parameter, and closes its pool even when the
   flow fails;
+- the calling parameters (preset, thresholds, region options) give the CLI's outputs;
 - ``python flows/predict.py --help`` lists every flow parameter; ``--demo-if-missing`` works.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,15 +74,19 @@ def model_params(demo_models) -> dict:  # type: ignore[no-untyped-def]
 def cli_output(sample_fasta: Path, model_params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``virnucpro predict`` on the same input and models (a subprocess, as users run it)."""
     out = tmp_path_factory.mktemp("cli") / "out"
+    _cli_predict(sample_fasta, out, model_params)
+    return out
+
+
+def _cli_predict(sample_fasta: Path, out: Path, model_params: dict, *options: str) -> None:
     cmd = [
         sys.executable, "-m", "virnucpro.cli", "predict", str(sample_fasta), "--output-dir", str(out),
         "--dnabert-model", str(model_params["dnabert_model"]), "--esm-model", str(model_params["esm_model"]),
-        "--classifier", str(model_params["classifier"]), "--device", "cpu", "--precision", "fp32",
+        "--classifier", str(model_params["classifier"]), "--device", "cpu", "--precision", "fp32", *options,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +195,30 @@ def test_prediction_summary_artifact(flow_runs: dict) -> None:
         assert section in text
     assert "| DNABERT-S | persistent |" in text and "| ESM-2 | persistent |" in text
     assert str(out / "prediction_results.txt") in text
+
+
+def test_calling_parameters_act_as_the_cli_options(
+    flow_runs: dict, cli_output: Path, sample_fasta: Path, model_params: dict, tmp_path: Path
+) -> None:
+    """preset, min_region_length, smooth_window... as flow parameters: the CLI's outputs for the
+    same options (each run reuses a finished run's work: only the report step runs again)."""
+    from flows.predict import predict_flow
+
+    flow_out, cli_out = tmp_path / "flow", tmp_path / "cli"
+    shutil.copytree(flow_runs[False][1], flow_out)
+    shutil.copytree(cli_output, cli_out)
+    state = predict_flow(input_fasta=sample_fasta, output_dir=flow_out, **model_params, preset="conservative",
+                         min_region_length=0, smooth_window=3, return_state=True)
+    assert state.is_completed(), state.message
+    _cli_predict(sample_fasta, cli_out, model_params, "--preset", "conservative", "--min-region-length", "0",
+                 "--smooth-window", "3")
+    for name in (*OUTPUT_FILES, "prediction_regions.tsv", "virus.fna", "provirus.fna"):
+        assert (flow_out / name).read_bytes() == (cli_out / name).read_bytes(), name
+    conservative = _run_info(flow_out)
+    assert conservative["thresholds"]["preset"] == "conservative"
+    assert conservative["regions"]["min_length"] == 0 and conservative["regions"]["smooth_window"] == 3
+    default = _run_info(cli_output)["report"]["sequence_calls"]["virus"]
+    assert conservative["report"]["sequence_calls"]["virus"] < default
 
 
 def test_flow_input_error_fails_the_run(harness, tmp_path: Path, model_params: dict) -> None:

@@ -3,7 +3,8 @@
 An inbox of 3 samples runs with ONE persistent pool for the night (each worker loads each model
 once across all samples); a second night skips all of them; a renamed copy of a finished sample is
 recognised by its content; a corrupt sample is reported and the others complete (the night ends
-Failed); a crashed night resumes the half-done sample from its shards.
+Failed); a crashed night resumes the half-done sample from its shards. Every sample of a night gets
+the night's calling parameters; the night report (HTML) has a row and a report link per sample.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def _by_name(report: dict) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def first_night(harness, inbox: Path, params: dict, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     outbox = tmp_path_factory.mktemp("outbox")
-    state, report = _night(inbox, outbox, params)
+    state, report = _night(inbox, outbox, params, **NIGHT_CALLING)
     return state, report, outbox
+
+
+NIGHT_CALLING = {"preset": "conservative", "min_region_length": 0}
+"""The first night's calling parameters, which every sample of the night must get."""
 
 
 def test_first_night_runs_every_sample_with_one_pool(first_night) -> None:  # type: ignore[no-untyped-def]
@@ -104,6 +109,28 @@ def test_first_night_runs_every_sample_with_one_pool(first_night) -> None:  # ty
     assert _by_name(report)["c.fa.gz"]["output_dir"].endswith(
         "/c-" + samples["c.fa.gz"]["sha256"][:12]
     )
+
+
+def test_a_night_calls_every_sample_with_its_thresholds(first_night) -> None:  # type: ignore[no-untyped-def]
+    _, report, _ = first_night
+    for sample in report["samples"]:
+        info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())
+        assert info["thresholds"]["preset"] == NIGHT_CALLING["preset"]
+        assert info["thresholds"]["min_score"] == 0.7
+        assert info["regions"]["min_length"] == NIGHT_CALLING["min_region_length"]
+
+
+def test_first_night_writes_the_night_report(first_night) -> None:  # type: ignore[no-untyped-def]
+    _, report, outbox = first_night
+    (page,) = outbox.glob("nightly-*.html")
+    assert page.name == f"nightly-{report['date']}.html"
+    text = page.read_text()
+    for sample in report["samples"]:
+        name = Path(sample["file"]).name
+        assert f"<td>{name}</td>" in text
+        assert f'<a href="{Path(sample["output_dir"]).name}/report.html">report.html</a>' in text
+    assert "No earlier night in this outbox" in text  # the first night: no drift yet
+    assert "DEMO MODELS WITH RANDOM WEIGHTS" in text
 
 
 def test_first_night_publishes_the_summary_artifact(first_night) -> None:  # type: ignore[no-untyped-def]

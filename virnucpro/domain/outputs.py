@@ -20,6 +20,7 @@ Layout::
     <out>/calibration.json                     written by `virnucpro calibrate` (not by predict)
     <out>/.virnucpro_work/                     intermediates (resumable)
         shards/  records.tsv  prepared.json     frame shards, records, the resume key
+        descriptions.tsv                       FASTA header descriptions (records having one)
         features/dnabert/  features/esm/       per-shard embeddings
         scores/  DONE                          per-shard scores, the finished marker
 
@@ -213,6 +214,11 @@ class OutputPaths:
     def records(self) -> Path:
         """One line per input record: ID, length, number of chunks (for per-sequence calls)."""
         return self.work_dir / "records.tsv"
+
+    @property
+    def descriptions(self) -> Path:
+        """``ID<TAB>description`` of every input record whose header has a description."""
+        return self.work_dir / "descriptions.tsv"
 
     @property
     def manifest(self) -> Path:

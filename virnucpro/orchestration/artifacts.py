@@ -136,10 +136,15 @@ def summary_markdown(result: PredictionResult) -> str:
         ]]),
         "",
         "## Calls",
-        _table(["virus", "non-virus", "no-call", "virus chunks", "chunks called"], [[
+        _table(["virus", "non-virus", "no-call", "virus chunks", "chunks called", "whole regions",
+                "proviruses", "calibrated"], [[
             calls.get("virus", 0), calls.get("non-virus", 0), calls.get("no-call", 0),
             result.report.n_virus_chunks, result.report.n_chunks_called,
+            result.report.regions.get("whole", 0), result.report.regions.get("provirus", 0),
+            result.report.n_calibrated,
         ]]),
+        "",
+        f"Preset `{info.thresholds.preset}`: {info.thresholds.rule}.",
         "",
         "## Throughput per stage",
         _table(

@@ -8,7 +8,7 @@ from typing import Any
 
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.outputs import OutputPaths
-from virnucpro.pipeline.html_report import render_report
+from virnucpro.pipeline.report import render_report
 from virnucpro.pipeline.memory import MemoryCheckpoint
 from virnucpro.pipeline.output_dir import publish_outputs
 from virnucpro.pipeline.plan import RunPlan

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from virnucpro.config import CHUNK_LENGTHS, DeviceKind, ModelOrigin, ModelPaths, Precision, RunConfig
 from virnucpro.domain.outputs import default_output_dir
+from virnucpro.domain.thresholds import PRESETS, Preset
 from virnucpro.errors import ConfigError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RUN_PARAMETERS",
     "DeviceName",
     "PrecisionName",
+    "PresetName",
     "parameter",
     "parse_gpus",
     "build_config",
@@ -38,6 +40,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 DeviceName = Literal[tuple(d.value for d in DeviceKind)]  # type: ignore[valid-type]
 PrecisionName = Literal[tuple(p.value for p in Precision)]  # type: ignore[valid-type]
+PresetName = Literal[tuple(p.value for p in Preset)]  # type: ignore[valid-type]
 
 
 def _default(name: str) -> Any:
@@ -45,11 +48,19 @@ def _default(name: str) -> Any:
     return value.value if isinstance(value, (DeviceKind, Precision)) else value
 
 
+def _preset_values(name: str) -> str:
+    """``relaxed 0.4, default 0.5, ...``: each preset's value of a threshold, for the help text."""
+    def shown(value: float | None) -> str:
+        return "the original rule" if value is None else f"{value:g}"
+
+    return ", ".join(f"{p.value} {shown(getattr(t, name))}" for p, t in PRESETS.items())
+
+
 @dataclass(frozen=True, slots=True)
 class RunParameter:
     """One run parameter as every entry point shows it.
 
-    ``kind`` says how a command line reads it: ``path``, ``int``, ``bool`` (an on/off flag pair),
+    ``kind`` says how a command line reads it: ``path``, ``int``, ``float``, ``bool`` (an on/off flag pair),
     ``choice`` (one of ``choices``), ``gpus`` (comma-separated indices). ``required`` parameters
     have no default (the input).
     """
@@ -101,6 +112,28 @@ RUN_PARAMETERS: tuple[RunParameter, ...] = (
     RunParameter("resume", bool, "bool",
                  "Reuse finished work of an interrupted run in the same output directory.",
                  default=_default("resume")),
+    RunParameter("preset", PresetName, "choice",
+                 "Call thresholds: relaxed (screening: more calls), default (the original's calls) or "
+                 "conservative (fewer, surer calls); --min-score and --min-virus-fraction override it.",
+                 default=_default("preset"), choices=tuple(p.value for p in Preset)),
+    RunParameter("min_score", float | None, "float",
+                 "Chunk score (0 to 1) a chunk needs to count as virus [default: the preset's: "
+                 f"{_preset_values('min_score')}]."),
+    RunParameter("min_virus_fraction", float | None, "float",
+                 "Fraction of a sequence's scored chunks that must count as virus for a virus call "
+                 f"[default: the preset's: {_preset_values('min_virus_fraction')}]."),
+    RunParameter("smooth_window", int, "int",
+                 "Chunks in the median window that smooths chunk scores before viral regions are "
+                 "found (odd; 1 = no smoothing).", default=_default("smooth_window")),
+    RunParameter("max_gap", int, "int",
+                 "Unscored chunks (no stop-free frame) a viral region may bridge.",
+                 default=_default("max_gap")),
+    RunParameter("min_region_length", int, "int",
+                 "Shortest provirus region reported, in bp (prediction_regions.tsv, provirus.fna).",
+                 default=_default("min_region_length")),
+    RunParameter("calibration", Path | None, "path",
+                 "Calibration file of `virnucpro calibrate`: adds calibrated_virus_score and fdr to "
+                 "prediction_sequences.tsv."),
 )
 
 _BY_NAME = {p.name: p for p in RUN_PARAMETERS}
@@ -152,8 +185,12 @@ def build_config(values: Mapping[str, Any], origin: ModelOrigin = "parameter") -
     try:
         chunk_length = int(get["chunk_length"])
         shard_frames = int(get["shard_frames"])
-        toks = get["toks_per_batch"]
-        toks_per_batch = int(toks) if toks not in (None, "") else None
+        toks_per_batch = _optional(get["toks_per_batch"], int)
+        min_score = _optional(get["min_score"], float)
+        min_virus_fraction = _optional(get["min_virus_fraction"], float)
+        smooth_window = int(get["smooth_window"])
+        max_gap = int(get["max_gap"])
+        min_region_length = int(get["min_region_length"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"a numeric run parameter is not a number: {exc}") from None
     return RunConfig(
@@ -173,7 +210,19 @@ def build_config(values: Mapping[str, Any], origin: ModelOrigin = "parameter") -
         toks_per_batch=toks_per_batch,
         shard_frames=shard_frames,
         resume=bool(get["resume"]),
+        preset=str(get["preset"]),
+        min_score=min_score,
+        min_virus_fraction=min_virus_fraction,
+        smooth_window=smooth_window,
+        max_gap=max_gap,
+        min_region_length=min_region_length,
+        calibration=_path(get["calibration"]),
     )
+
+
+def _optional(value: Any, kind: type) -> Any:
+    """``kind(value)``, or None for an unset value (None or an empty string)."""
+    return kind(value) if value not in (None, "") else None
 
 
 def parameters_docstring(
@@ -213,5 +262,7 @@ def add_argparse_option(parser: argparse.ArgumentParser, name: str, default: Any
         parser.add_argument(param.option, type=Path, default=None, help=help_text)
     elif param.kind == "int":
         parser.add_argument(param.option, type=int, default=value, help=help_text)
+    elif param.kind == "float":
+        parser.add_argument(param.option, type=float, default=value, help=help_text)
     else:  # gpus: "0,1", parsed by parse_gpus (one parser, one error message)
         parser.add_argument(param.option, default=None, metavar="0,1", help=help_text)

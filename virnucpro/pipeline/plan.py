@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from virnucpro.config import RunConfig
 from virnucpro.models.compatibility import ModelDims, check_compatibility
 from virnucpro.models.discovery import ResolvedModels, resolve_models
+from virnucpro.pipeline.calling import CallSettings, calling_settings
 from virnucpro.pipeline.devices import WorkerDevice, plan_devices
 from virnucpro.pipeline.messages import WorkerSpec
 from virnucpro.pipeline.stage import FEATURE_STAGES
@@ -16,7 +17,7 @@ __all__ = ["RunPlan", "plan_run", "resolve_run_models"]
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """Resolved models, devices and worker settings of one run. Paths and enums only."""
+    """Resolved models, devices, worker and calling settings of one run. Small typed records."""
 
     config: RunConfig
     models: ResolvedModels
@@ -24,6 +25,7 @@ class RunPlan:
     spec: WorkerSpec
     persistent_models: bool
     dims: ModelDims
+    calling: CallSettings
 
     @property
     def demo_models(self) -> bool:
@@ -42,7 +44,9 @@ def resolve_run_models(config: RunConfig) -> ResolvedModels:
 
 
 def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
-    """Resolve models (and check they fit together) and devices; start nothing."""
+    """Resolve the calling settings, models (and check they fit together) and devices; start
+    nothing."""
+    calling = calling_settings(config)  # first: a bad threshold fails before any model is looked for
     models = resolve_run_models(config)
     dims = check_compatibility(models, config.chunk_length)
     devices = tuple(plan_devices(config))
@@ -55,4 +59,4 @@ def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
         preload=FEATURE_STAGES,
         toks_per_batch=config.toks_per_batch,
     )
-    return RunPlan(config, models, devices, spec, persistent_models, dims)
+    return RunPlan(config, models, devices, spec, persistent_models, dims, calling)

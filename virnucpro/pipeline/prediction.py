@@ -96,7 +96,7 @@ def _run(
         checkpoints.append(call.run(CHECKPOINT, f"after-{stage.value}", report.worker_peak_mib))
     classified = call.run(CLASSIFY, prepared, plan.models.classifier.path)
     timings["classify"] = classified.seconds
-    reported = call.run(REPORT, prepared)
+    reported = call.run(REPORT, prepared, plan.calling)
     timings["report"] = reported.seconds
     checkpoints.append(call.run(CHECKPOINT, "end", None))
     timings["total"] = time.perf_counter() - started

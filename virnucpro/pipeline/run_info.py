@@ -21,6 +21,7 @@ from virnucpro import __version__
 from virnucpro.config import Precision, RunConfig
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline.calling import CallSettings
 from virnucpro.pipeline.memory import MemoryCheckpoint
 from virnucpro.pipeline.plan import RunPlan
 from virnucpro.pipeline.stages import ClassifyReport, PreparedSample, ReportResult
@@ -32,12 +33,15 @@ __all__ = [
     "InputInfo",
     "ModelInfo",
     "StageInfo",
+    "ThresholdsInfo",
+    "RegionsInfo",
+    "CalibrationInfo",
     "RunInfo",
     "config_dict",
     "build_run_info",
 ]
 
-RUN_INFO_VERSION = 1
+RUN_INFO_VERSION = 2  # 2: thresholds, regions, calibration; the hand-off outputs
 DEMO_WARNING = "DEMO MODELS WITH RANDOM WEIGHTS: every call in these outputs is meaningless"
 
 
@@ -111,6 +115,63 @@ class StageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ThresholdsInfo:
+    """The call thresholds the run applied (the preset with any explicit option over it)."""
+
+    preset: str
+    min_score: float | None  # None: the original rule, max P(virus) >= max P(others)
+    min_virus_fraction: float
+    chunk_threshold: float  # the chunk score a chunk needs (0.5 for the original rule)
+    rule: str  # the rule in words
+
+    @classmethod
+    def of(cls, calling: CallSettings) -> "ThresholdsInfo":
+        t = calling.thresholds
+        return cls(calling.preset.value, t.min_score, t.min_virus_fraction, t.chunk_threshold,
+                   t.describe())
+
+
+@dataclass(frozen=True, slots=True)
+class RegionsInfo:
+    """The viral-region rule's settings (virnucpro.domain.regions)."""
+
+    smooth_window: int
+    smoothing: str
+    max_gap: int
+    min_length: int
+
+    @classmethod
+    def of(cls, calling: CallSettings) -> "RegionsInfo":
+        r = calling.regions
+        return cls(r.smooth_window, r.smoothing.value, r.max_gap, r.min_length)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationInfo:
+    """The calibration file applied (``--calibration``) and what it was fitted on."""
+
+    file: str
+    sha256: str
+    temperature: float
+    fitted_on: str
+    chunk_length: int | None
+    n_sequences: int
+    n_virus: int
+    n_non_virus: int
+    ece_before: float
+    ece_after: float
+
+    @classmethod
+    def of(cls, calling: CallSettings) -> "CalibrationInfo | None":
+        c = calling.calibration
+        if c is None or calling.calibration_file is None or calling.calibration_sha256 is None:
+            return None
+        return cls(str(calling.calibration_file), calling.calibration_sha256, c.temperature,
+                   c.fitted_on, c.chunk_length, c.n_sequences, c.n_virus, c.n_non_virus,
+                   c.ece_before, c.ece_after)
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     """Everything ``run_info.json`` holds, typed. Field order is the file's key order."""
 
@@ -132,6 +193,9 @@ class RunInfo:
     stages: tuple[StageInfo, ...]
     classify: ClassifyReport
     report: ReportResult
+    thresholds: ThresholdsInfo
+    regions: RegionsInfo
+    calibration: CalibrationInfo | None
     memory_checkpoints: tuple[MemoryCheckpoint, ...]
     timings_seconds: dict[str, float]
     outputs: dict[str, str]
@@ -153,8 +217,10 @@ class RunInfo:
                 value = list(value)
             elif f.name in ("stages", "memory_checkpoints"):
                 value = [asdict(v) for v in value]
-            elif f.name in ("input", "classify", "report"):
+            elif f.name in ("input", "classify", "report", "thresholds", "regions"):
                 value = asdict(value)
+            elif f.name == "calibration":
+                value = None if value is None else asdict(value)
             data[f.name] = value
         return data
 
@@ -174,6 +240,9 @@ class RunInfo:
         values["stages"] = tuple(StageInfo(**s) for s in data["stages"])
         values["classify"] = ClassifyReport(**data["classify"])
         values["report"] = ReportResult(**data["report"])
+        values["thresholds"] = ThresholdsInfo(**data["thresholds"])
+        values["regions"] = RegionsInfo(**data["regions"])
+        values["calibration"] = CalibrationInfo(**data["calibration"]) if data["calibration"] else None
         values["memory_checkpoints"] = tuple(MemoryCheckpoint.from_dict(c) for c in data["memory_checkpoints"])
         return cls(**values)
 
@@ -236,12 +305,18 @@ def build_run_info(
         stages=tuple(StageInfo.of(r) for r in stages),
         classify=classify,
         report=report,
+        thresholds=ThresholdsInfo.of(plan.calling),
+        regions=RegionsInfo.of(plan.calling),
+        calibration=CalibrationInfo.of(plan.calling),
         memory_checkpoints=tuple(checkpoints),
         timings_seconds={k: round(v, 4) for k, v in timings.items()},
         outputs={
             "prediction_results": str(paths.prediction_results),
             "highest_score": str(paths.highest_score),
             "sequences": str(paths.sequences),
+            "regions": str(paths.regions),
+            "virus_fasta": str(paths.virus_fasta),
+            "provirus_fasta": str(paths.provirus_fasta),
             "report": str(paths.report),
         },
     )

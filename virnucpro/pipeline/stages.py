@@ -12,21 +12,29 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.config import RunConfig
 from virnucpro.domain.atomic import atomic_write_text
-from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_sequence
+from virnucpro.domain.calibration import calibrate_calls
+from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_track
 from virnucpro.domain.checksums import sha256_file
 from virnucpro.domain.fasta import check_input_file, read_fasta
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.domain.prepare import iter_frames
-from virnucpro.domain.records import Frame, FrameScore
-from virnucpro.domain.tables import write_highest_score, write_prediction_results, write_sequence_calls
+from virnucpro.domain.handoff import write_handoff_fasta
+from virnucpro.domain.records import Frame, FrameScore, SequenceRecord
+from virnucpro.domain.regions import Region, RegionKind, find_regions
+from virnucpro.domain.tables import (
+    write_highest_score,
+    write_prediction_results,
+    write_regions,
+    write_sequence_calls,
+)
 from virnucpro.errors import ModelLoadError, OutputError
 from virnucpro.pipeline.shards import (
     Shard,
@@ -39,7 +47,9 @@ from virnucpro.pipeline.shards import (
     save_features,
     write_shard,
 )
+from virnucpro.pipeline.calling import CallSettings
 from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
+from virnucpro.pipeline.tracks import iter_tracks, read_records, write_descriptions
 from virnucpro.pipeline.work_keys import claim_folder, read_key, score_key
 
 __all__ = [
@@ -87,11 +97,23 @@ class ClassifyReport:
 
 @dataclass(frozen=True, slots=True)
 class ReportResult:
+    """What the report stage wrote: counts per table and file.
+
+    ``sequence_calls`` counts sequences by call, ``regions`` viral regions by kind (``whole``,
+    ``provirus``); ``n_virus_fasta`` / ``n_provirus_fasta`` are the records of ``virus.fna`` /
+    ``provirus.fna``; ``n_calibrated`` the sequences with a calibrated score (0 without
+    ``--calibration``).
+    """
+
     n_frames: int
     n_chunks_called: int
     n_virus_chunks: int
     sequence_calls: dict[str, int]
     seconds: float
+    regions: dict[str, int] = field(default_factory=dict)
+    n_virus_fasta: int = 0
+    n_provirus_fasta: int = 0
+    n_calibrated: int = 0
 
 
 # -- prepare ---------------------------------------------------------------------------------
@@ -132,13 +154,15 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     shards: list[Shard] = []
     batch: list[Frame] = []
     record_lines: list[str] = []
+    descriptions: list[tuple[str, str]] = []
 
     def flush() -> None:
         shard_id = len(shards)
         shards.append(write_shard(paths.shards_dir / f"shard_{shard_id:06d}.tsv", shard_id, batch))
         batch.clear()
 
-    for record in iter_frames(read_fasta(input_path), config.chunk_length):
+    for record in iter_frames(_noting_descriptions(read_fasta(input_path), descriptions),
+                              config.chunk_length):
         n_records += 1
         n_chunks += len(record.chunks)
         record_lines.append(f"{record.record_id}\t{record.length}\t{len(record.chunks)}\n")
@@ -150,6 +174,7 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     if batch:
         flush()
     atomic_write_text(paths.records, "".join(record_lines))
+    write_descriptions(paths.descriptions, descriptions)
     manifest_data = dict(
         key,
         input=str(input_path),
@@ -166,6 +191,17 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
         input_path, input_sha, config.chunk_length, Path(config.output_dir),
         n_records, n_chunks, n_frames, tuple(shards), time.perf_counter() - started,
     )
+
+
+def _noting_descriptions(
+    records: Iterable[SequenceRecord], sink: list[tuple[str, str]]
+) -> Iterator[SequenceRecord]:
+    """``records`` unchanged; the ``(ID, description)`` of each one with a description is
+    appended to ``sink`` on the way."""
+    for record in records:
+        if record.description:
+            sink.append((record.id, record.description))
+        yield record
 
 
 def _check_output_dir(paths: OutputPaths) -> None:
@@ -229,8 +265,13 @@ def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, Fra
 
 
 # -- report ----------------------------------------------------------------------------------
-def report_stage(prepared: PreparedSample) -> ReportResult:
-    """Write the original's two tables and the per-sequence table, atomically, in input order."""
+def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResult:
+    """Write every table and the hand-off FASTA files, each atomically, in input order.
+
+    The original's two tables come from the frame scores alone (the original rule, whatever the
+    thresholds); the per-sequence calls, the viral regions, ``virus.fna``, ``provirus.fna`` and the
+    calibrated columns follow ``calling``.
+    """
     started = time.perf_counter()
     paths = prepared.paths
     paths.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -245,17 +286,40 @@ def report_stage(prepared: PreparedSample) -> ReportResult:
         )
     chunk_calls = call_chunks(all_scores)
     write_highest_score(paths.highest_score, chunk_calls)
-    sequence_calls = list(_call_records(prepared, all_scores))
-    write_sequence_calls(paths.sequences, sequence_calls)
+    by_id = {s.frame_id: s for s in all_scores}
+    calls: list[SequenceCall] = []
+    regions: list[Region] = []
+    for track in iter_tracks(read_records(paths), by_id, prepared.chunk_length):
+        call = call_track(track, calling.thresholds)
+        calls.append(call)
+        regions.extend(find_regions(track, call, calling.thresholds, calling.regions))
+    if calling.calibration is not None:
+        calls = calibrate_calls(calls, calling.calibration)
+    write_sequence_calls(paths.sequences, calls)
+    write_regions(paths.regions, regions)
+    handoff = write_handoff_fasta(
+        prepared.input_path,
+        virus_ids=[c.record_id for c in calls if c.call is SequenceCallLabel.VIRUS],
+        regions=regions,
+        virus_path=paths.virus_fasta,
+        provirus_path=paths.provirus_fasta,
+    )
     counts = {label.value: 0 for label in SequenceCallLabel}
-    for call in sequence_calls:
+    for call in calls:
         counts[call.call.value] += 1
+    by_kind = {kind.value: 0 for kind in RegionKind}
+    for region in regions:
+        by_kind[region.kind.value] += 1
     return ReportResult(
         n_frames=n_written,
         n_chunks_called=len(chunk_calls),
         n_virus_chunks=sum(c.is_virus for c in chunk_calls),
         sequence_calls=counts,
         seconds=time.perf_counter() - started,
+        regions=by_kind,
+        n_virus_fasta=handoff.n_virus,
+        n_provirus_fasta=handoff.n_provirus,
+        n_calibrated=sum(c.calibrated_virus_score is not None for c in calls),
     )
 
 
@@ -263,17 +327,3 @@ def _tracked(items: Iterator[tuple[str, str, FrameScore]], sink: list[FrameScore
     for item in items:
         sink.append(item[2])
         yield item
-
-
-def _call_records(prepared: PreparedSample, scores: list[FrameScore]) -> Iterator[SequenceCall]:
-    by_id = {s.frame_id: s for s in scores}
-    frames_by_chunk: dict[str, list[str]] = {}
-    for s in scores:
-        frames_by_chunk.setdefault(s.frame_id[:-2], []).append(s.frame_id)
-    with open(prepared.paths.records, encoding="utf-8") as handle:
-        for line in handle:
-            record_id, length, n_chunks = line.rstrip("\n").split("\t")
-            chunk_frame_ids = [
-                frames_by_chunk.get(f"{record_id}_chunk_{k}", []) for k in range(1, int(n_chunks) + 1)
-            ]
-            yield call_sequence(record_id, int(length), chunk_frame_ids, by_id)

@@ -168,6 +168,7 @@ def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
         logger.info("%s: %s (%s, via %s)", location.kind, location.path, location.source, location.found_via)
     logger.info("workers: %s; precision %s", ", ".join(d.name for d in plan.devices),
                 plan.spec.precision.value)
+    logger.info("calls (preset %s): %s", plan.calling.preset.value, plan.calling.thresholds.describe())
     if plan.persistent_models:
         logger.info(PERSISTENT_LOG_LINE if plan.on_gpu else PERSISTENT_CPU_LOG_LINE)
     if plan.demo_models:

@@ -1,0 +1,93 @@
+"""Every record's chunk-score track, from the run's record list and its frame scores.
+
+The report stage builds the tracks from the work files (``records.tsv``, ``descriptions.tsv``,
+the score shards); ``report.html`` builds the same tracks from the written tables
+(``prediction_sequences.tsv``, ``prediction_results.txt``). Both go through :func:`iter_tracks`.
+
+``descriptions.tsv`` (``ID<TAB>description``, one line per record whose FASTA header has a
+description; tabs and line breaks of a description become spaces) is written by the prepare stage
+beside ``records.tsv``. A work directory prepared before it existed has none: the descriptions are
+then empty, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from virnucpro.domain.atomic import atomic_write_text
+from virnucpro.domain.calls import RecordTrack, build_track, chunk_id_of
+from virnucpro.domain.outputs import OutputPaths
+from virnucpro.domain.records import FrameScore
+
+__all__ = [
+    "RecordRow",
+    "one_line",
+    "write_descriptions",
+    "read_descriptions",
+    "read_records",
+    "frames_by_chunk",
+    "iter_tracks",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One input record as the pipeline lists it: ID, length, number of chunks, description."""
+
+    record_id: str
+    length: int
+    n_chunks: int
+    description: str = ""
+
+
+def one_line(text: str) -> str:
+    """``text`` with tabs and line breaks as spaces (one field of a tab-separated line)."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_descriptions(path: str | os.PathLike[str], pairs: Iterable[tuple[str, str]]) -> None:
+    """Write ``descriptions.tsv`` from ``(record ID, description)`` pairs (empty ones left out)."""
+    atomic_write_text(path, "".join(f"{rid}\t{one_line(d)}\n" for rid, d in pairs if d))
+
+
+def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``descriptions.tsv`` as ``{record ID: description}``; ``{}`` when there is none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+    return {record_id: description for record_id, description in pairs}
+
+
+def read_records(paths: OutputPaths) -> Iterator[RecordRow]:
+    """The prepared records (``records.tsv``) with their descriptions, in input order."""
+    descriptions = read_descriptions(paths.descriptions)
+    with open(paths.records, encoding="utf-8", newline="\n") as handle:
+        for line in handle:
+            record_id, length, n_chunks = line.rstrip("\n").split("\t")[:3]
+            yield RecordRow(record_id, int(length), int(n_chunks), descriptions.get(record_id, ""))
+
+
+def frames_by_chunk(scores: Iterable[FrameScore]) -> dict[str, list[str]]:
+    """Chunk ID → its frame IDs, in the order given."""
+    grouped: dict[str, list[str]] = {}
+    for score in scores:
+        grouped.setdefault(chunk_id_of(score.frame_id), []).append(score.frame_id)
+    return grouped
+
+
+def iter_tracks(
+    rows: Iterable[RecordRow], scores: Mapping[str, FrameScore], chunk_length: int
+) -> Iterator[RecordTrack]:
+    """The track of each record of ``rows`` (chunk ``k`` of record ``r`` is ``r_chunk_k``)."""
+    chunks = frames_by_chunk(scores.values())
+    for row in rows:
+        chunk_frame_ids = [chunks.get(f"{row.record_id}_chunk_{k}", []) for k in range(1, row.n_chunks + 1)]
+        yield build_track(
+            row.record_id, row.length, chunk_frame_ids, scores,
+            chunk_length=chunk_length, description=row.description,
+        )

@@ -36,12 +36,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """How far a stage is: shards finished, and frames/tokens computed (finished shards plus the
+    batches of shards still running). ``frames_total`` counts the frames the stage computes
+    (shards already on disk excluded)."""
+
     stage: FeatureStage
     shards_done: int
     shards_total: int
     frames_done: int
     tokens_done: int
     seconds: float
+    frames_total: int = 0
 
     @property
     def frames_per_s(self) -> float:
@@ -50,6 +55,21 @@ class Progress:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def fraction(self) -> float:
+        """0..1; 1 when the stage had nothing to compute."""
+        if self.frames_total <= 0:
+            return 1.0 if self.shards_done >= self.shards_total else 0.0
+        return min(1.0, self.frames_done / self.frames_total)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far; None before the first frames are done."""
+        rate = self.frames_per_s
+        if rate <= 0:
+            return None
+        return max(0, self.frames_total - self.frames_done) / rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,9 @@ class BatchQueueManager:
         on_progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
     ) -> None:
+        """``on_progress`` is called whenever frames were computed (at most about once a second)
+        and once when the stage's shards are all done; progress is logged every
+        ``progress_interval`` seconds."""
         self.devices = list(devices)
         self.spec = spec
         self._own_lease = lease is None
@@ -182,6 +205,8 @@ class BatchQueueManager:
         remaining = set(futures)
         last_report = time.perf_counter()
         compute_started = time.perf_counter()
+        frames_total = sum(s.n_frames for s in todo)
+        last_seen: tuple[int, int] = (-1, -1)
         while remaining:
             finished, remaining = wait_futures(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -196,21 +221,25 @@ class BatchQueueManager:
                             logger.debug("%s: shard abandoned after a failure: %r", stage.label, exc)
                     raise
             now = time.perf_counter()
+            partial_frames, partial_tokens = pool.in_flight_progress() if remaining else (0, 0)
+            progress = Progress(
+                stage=stage,
+                shards_done=len(dones),
+                shards_total=len(todo),
+                frames_done=min(frames_total, sum(d.n_frames for d in dones) + partial_frames),
+                tokens_done=sum(d.n_tokens for d in dones) + partial_tokens,
+                seconds=now - compute_started,
+                frames_total=frames_total,
+            )
             if now - last_report >= self.progress_interval or not remaining:
                 last_report = now
-                progress = Progress(
-                    stage=stage,
-                    shards_done=len(dones),
-                    shards_total=len(todo),
-                    frames_done=sum(d.n_frames for d in dones),
-                    tokens_done=sum(d.n_tokens for d in dones),
-                    seconds=now - compute_started,
-                )
                 logger.info(
-                    "%s: %d/%d shards, %.0f frames/s, %.0f tokens/s",
-                    stage.label, progress.shards_done, progress.shards_total,
-                    progress.frames_per_s, progress.tokens_per_s,
+                    "%s: %d/%d shards, %d/%d frames, %.0f frames/s, %.0f tokens/s",
+                    stage.label, progress.shards_done, progress.shards_total, progress.frames_done,
+                    frames_total, progress.frames_per_s, progress.tokens_per_s,
                 )
-                if self.on_progress is not None:
-                    self.on_progress(progress)
+            seen = (progress.shards_done, progress.frames_done)
+            if self.on_progress is not None and (seen != last_seen or not remaining):
+                last_seen = seen
+                self.on_progress(progress)  # at most once a second; the callback throttles
         return dones

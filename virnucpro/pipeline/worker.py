@@ -30,6 +30,7 @@ from virnucpro.pipeline.batching import pack_batches, padded_tokens
 from virnucpro.pipeline.encode_ahead import encode_ahead
 from virnucpro.pipeline.heap import settle_heap
 from virnucpro.pipeline.messages import (
+    BatchDone,
     EmbedTask,
     StageEnd,
     StageEnded,
@@ -257,6 +258,8 @@ class _Worker:
             emb = handle.result()
             for row, i in enumerate(batch):
                 rows[i] = emb[row]
+            self.send(BatchDone(worker=self.name, task_id=task.task_id, n_frames=len(batch),
+                                n_tokens=sum(lengths[i] for i in batch)))
 
         while True:
             if not pending:

@@ -105,4 +105,11 @@ fi
 
 echo "worker $name: pool $pool${queue:+, slot queue $queue}${limit:+, limit $limit}," \
      "CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES', VIRNUCPRO_HOME=$VIRNUCPRO_HOME" >&2
-exec prefect worker start "${args[@]}" "${extra[@]}"
+# A script's background job (`start-worker.sh 0 &`) starts with SIGINT ignored, and a shell cannot
+# undo that; Prefect's worker stops on SIGINT/SIGTERM by sending itself SIGINT, which would then be
+# ignored too (the worker ran on after `kill`). Reset SIGINT to its default for the worker.
+if env --default-signal=INT true 2>/dev/null; then
+  exec env --default-signal=INT prefect worker start "${args[@]}" "${extra[@]}"
+fi
+exec python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+  prefect worker start "${args[@]}" "${extra[@]}"

@@ -5,19 +5,22 @@ A sample is new when no output directory of the outbox has a DONE marker holding
 ``<outbox>/<stem>-<sha256[:12]>``; a night that crashed is simply run again: finished samples are
 skipped and a half-done one resumes from the shards already on disk.
 
-- In-process (default): the samples run one after the other as ``virnucpro-predict`` subflows.
-  With ``persistent_models`` ONE worker pool serves the whole night: each GPU worker loads
-  DNABERT-S and ESM-2 once, not once per sample.
-- ``dispatch_deployments``: each sample becomes its own ``virnucpro-predict/predict`` deployment
-  run, so the workers of every GPU host polling the work pool share the night (the outbox must be
-  on a file system all hosts see). The flow waits for them to report their outcome.
+- In-process (default, e.g. ``python flows/nightly.py INBOX OUTBOX`` on a GPU host): the samples
+  run one after the other as ``virnucpro-predict`` subflows (largest first). With
+  ``persistent_models`` ONE worker pool serves the whole night: each GPU worker loads DNABERT-S and
+  ESM-2 once, not once per sample.
+- ``dispatch_deployments`` (the ``nightly`` deployment, on the CPU pool ``virnucpro-control``):
+  the night takes no GPU slot itself; it spreads the samples over the live GPU slots of the
+  ``virnucpro-gpu`` pool, largest first, and sends each slot ONE ``virnucpro-batch/batch`` run
+  with its share (one persistent pool per slot), watches them, re-dispatches the samples of lost
+  runs, and gives up on a deadline derived from the night's size
+  (:mod:`virnucpro.orchestration.dispatch`). The outbox must be on a file system all hosts see.
 
 A sample that fails (e.g. an ``InputError`` for a corrupt file) is recorded with its error and the
 night goes on. The night's summary is the ``nightly-summary`` artifact and
-``<outbox>/nightly-<date>.json``, with the night report ``nightly-<date>.html`` beside it (a row per
-sample with a link to its report.html, and the drift against earlier nights). **The flow run ends Failed when any sample failed** (after all
-others ran), so that a failed sample is noticed (Prefect notifications/automations) instead of
-hiding in a Completed run; fix or remove the sample and run the night again.
+``<outbox>/nightly-<date>-<run>.json`` (one per night run). **The flow run ends Failed when any
+sample failed or is missing** (after all others ran), naming them, so that it is noticed (Prefect
+automations, see ``deployments/automations.yaml``) instead of hiding in a Completed run.
 """
 
 from __future__ import annotations
@@ -30,15 +33,14 @@ if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
 # flows.predict sets the offline Prefect defaults before prefect is imported: import it first.
-from flows.predict import announce_temporary_server, predict_flow  # noqa: E402
+from flows.predict import predict_flow  # noqa: E402
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
-import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
-from prefect.client.schemas.objects import FlowRun  # noqa: E402
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
@@ -46,6 +48,7 @@ from virnucpro.errors import ConfigError  # noqa: E402
 from virnucpro.orchestration.artifacts import publish_nightly_summary  # noqa: E402
 from virnucpro.orchestration.batch import (  # noqa: E402
     DEFAULT_PATTERNS,
+    BatchRecord,
     InboxScan,
     NightReport,
     Sample,
@@ -53,25 +56,31 @@ from virnucpro.orchestration.batch import (  # noqa: E402
     outcome_from_outputs,
     write_night_report,
 )
+from virnucpro.orchestration.dispatch import (  # noqa: E402
+    BATCH_DEPLOYMENT,
+    GPU_POOL,
+    DispatchSettings,
+    dispatch_night,
+)
 from virnucpro.orchestration.night_report import write_night_html  # noqa: E402
-from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
-from virnucpro.orchestration.tasks import STEP_TASKS, find_new_samples  # noqa: E402
-from virnucpro.pipeline.lease import PoolLease  # noqa: E402
+from virnucpro.orchestration.run_start import start_run  # noqa: E402
+from virnucpro.orchestration.samples import BATCH_RUN_PARAMETERS, run_samples  # noqa: E402
+from virnucpro.orchestration.task_runner import GpuTaskRunner  # noqa: E402
+from virnucpro.orchestration.tasks import find_new_samples  # noqa: E402
 from virnucpro.pipeline.parameters import (  # noqa: E402
     RUN_PARAMETERS,
     DeviceName,
     PrecisionName,
     PresetName,
     add_argparse_option,
-    build_config,
     parameters_docstring,
     parse_gpus,
 )
-from virnucpro.pipeline.steps import PLAN  # noqa: E402
 
-__all__ = ["nightly_flow", "PREDICT_DEPLOYMENT", "NIGHT_RUN_PARAMETERS", "main"]
+__all__ = ["nightly_flow", "BATCH_DEPLOYMENT", "NIGHT_RUN_PARAMETERS", "main"]
 
-PREDICT_DEPLOYMENT = "virnucpro-predict/predict"
+NIGHT_RUN_PARAMETERS = BATCH_RUN_PARAMETERS
+"""The run parameters a night hands to every sample (the rest are the night's own)."""
 
 
 def _folder(value: Path, name: str) -> Path:
@@ -84,98 +93,6 @@ def _folder(value: Path, name: str) -> Path:
     return Path(text).expanduser().resolve()
 
 
-def _error_text(state: State) -> str:
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception as read_error:  # the result itself may be unreadable
-        exc = read_error
-    if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}"
-    return state.message or state.name or "failed"
-
-
-def _run_in_process(
-    pending: tuple[Sample, ...], params: dict[str, Any]
-) -> tuple[list[SampleOutcome], PoolLease]:
-    """Each sample as a predict subflow; with ``persistent_models`` the night's lease is lent to
-    every sample, so each worker loads each model once per night."""
-    logger = get_run_logger()
-    runner = current_gpu_runner()
-    night = runner.lease if runner is not None else PoolLease.for_run(bool(params["persistent_models"]))
-    first = pending[0]
-    # resolves the models once: a missing model fails the night here, not once per sample
-    STEP_TASKS[PLAN.name].submit(build_config({"input_fasta": first.path, **params}), night.persistent).result()
-    outcomes: list[SampleOutcome] = []
-    try:
-        for sample in pending:
-            task_runner = GpuTaskRunner(lender=night) if night.persistent else GpuTaskRunner(persistent_models=False)
-            logger.info("sample %s (%s) -> %s", sample.name, sample.sha256[:12], sample.output_dir)
-            subflow = predict_flow.with_options(flow_run_name=f"{sample.name}", task_runner=task_runner)
-            state = subflow(input_fasta=sample.path, output_dir=sample.output_dir, **params,
-                            return_state=True)
-            run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-            if state.is_completed():
-                outcomes.append(outcome_from_outputs(sample, "done", flow_run_id=run_id))
-            else:
-                error = _error_text(state)
-                logger.error("sample %s failed: %s", sample.name, error)
-                outcomes.append(outcome_from_outputs(sample, "failed", flow_run_id=run_id, error=error))
-    finally:
-        if runner is None:
-            night.close()
-    return outcomes, night
-
-
-def _dispatch(
-    pending: tuple[Sample, ...], params: dict[str, Any], deployment: str, timeout_s: float
-) -> list[SampleOutcome]:
-    """Each sample as its own deployment run; wait until all of them end (or ``timeout_s``)."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-
-    logger = get_run_logger()
-    context = FlowRunContext.get()
-    night_id = str(context.flow_run.id) if context and context.flow_run else "local"
-    json_params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
-    runs: list[tuple[Sample, FlowRun]] = []
-    for sample in pending:
-        run = run_deployment(
-            name=deployment,
-            parameters={"input_fasta": str(sample.path), "output_dir": str(sample.output_dir), **json_params},
-            flow_run_name=sample.name,
-            timeout=0,
-            idempotency_key=f"{night_id}:{sample.sha256}",  # a retried night does not submit twice
-        )
-        logger.info("dispatched %s as flow run %s of %s", sample.name, run.id, deployment)
-        runs.append((sample, run))
-    deadline = time.monotonic() + timeout_s
-    final: dict[str, FlowRun] = {}
-    with get_client(sync_client=True) as client:
-        while len(final) < len(runs) and time.monotonic() < deadline:
-            for _, run in runs:
-                if str(run.id) not in final:
-                    current = client.read_flow_run(run.id)
-                    if current.state is not None and current.state.is_final():
-                        final[str(run.id)] = current
-            if len(final) < len(runs):
-                time.sleep(5)
-    outcomes = []
-    for sample, run in runs:
-        current = final.get(str(run.id))
-        if current is None:
-            outcomes.append(outcome_from_outputs(sample, "running", flow_run_id=str(run.id),
-                                                 error=f"still running after {timeout_s:.0f} s"))
-        elif current.state is not None and current.state.is_completed():
-            outcomes.append(outcome_from_outputs(sample, "done", flow_run_id=str(run.id)))
-        else:
-            message = current.state.message if current.state else "no state"
-            outcomes.append(outcome_from_outputs(
-                sample, "failed", flow_run_id=str(run.id),
-                error=f"{current.state.name if current.state else 'Unknown'}: {message}",
-            ))
-    return outcomes
-
-
 def _skipped(scan: InboxScan) -> list[SampleOutcome]:
     outcomes = [outcome_from_outputs(s, "already-done", output_dir=out) for s, out in scan.finished]
     outcomes += [
@@ -186,22 +103,93 @@ def _skipped(scan: InboxScan) -> list[SampleOutcome]:
     return outcomes
 
 
+def _night_id() -> str:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else "local"
+
+
+def _run_name() -> str:
+    """``night-<date the run was scheduled for>``."""
+    context = FlowRunContext.get()
+    when = context.flow_run.expected_start_time if context and context.flow_run else None
+    return f"night-{(when.astimezone() if when else dt.datetime.now().astimezone()):%Y-%m-%d}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What the night's mode did with the pending samples."""
+
+    mode: str
+    outcomes: tuple[SampleOutcome, ...]
+    model_loads: dict[str, dict[str, int]]
+    pools_opened: int
+    batches: tuple[BatchRecord, ...] = ()
+
+
+def _in_process(pending: tuple[Sample, ...], params: dict[str, Any]) -> _Ran:
+    mode = "persistent pool" if params["persistent_models"] else "per-stage workers"
+    ran = run_samples(predict_flow, pending, params)
+    return _Ran(mode, ran.outcomes, ran.model_loads, ran.pools_opened)
+
+
+def _dispatched(pending: tuple[Sample, ...], params: dict[str, Any], settings: DispatchSettings) -> _Ran:
+    result = dispatch_night(pending, params, settings, _night_id(), get_run_logger(),
+                            on_cpu=params["device"] == "cpu")
+    loads = {f"{b.name} {worker}": counts for b in result.batches for worker, counts in b.model_loads.items()}
+    mode = (f"dispatched to {settings.deployment} over {len(result.slots)} GPU slot(s) of "
+            f"{settings.gpu_pool}")
+    return _Ran(mode, result.outcomes, loads, sum(1 for b in result.batches if b.model_loads), result.batches)
+
+
+def _report(scan: InboxScan, ran: _Ran, folders: tuple[Path, Path], started: dt.datetime,
+            notes: tuple[str, ...]) -> NightReport:
+    outcomes = [*_skipped(scan), *ran.outcomes]
+    order = {str(s.path): i for i, s in enumerate(sorted(
+        [*scan.pending, *(s for s, _ in scan.finished), *(s for s, _ in scan.duplicates)],
+        key=lambda s: s.path))}
+    context = FlowRunContext.get()
+    return NightReport(
+        date=started.strftime("%Y-%m-%d"),
+        started=started.isoformat(timespec="seconds"),
+        finished=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        inbox=str(folders[0]),
+        outbox=str(folders[1]),
+        mode=ran.mode,
+        samples=tuple(sorted(outcomes, key=lambda o: order.get(o.file, 0))),
+        model_loads=ran.model_loads,
+        pools_opened=ran.pools_opened,
+        flow_run_id=str(context.flow_run.id) if context and context.flow_run else None,
+        batches=ran.batches,
+        notes=notes,
+    )
+
+
+def _final_state(night: NightReport, path: Path, n_pending: int) -> dict[str, Any] | State:
+    if not night.failed:
+        return night.to_dict()
+    names = "; ".join(f"{Path(s.file).name} ({s.status}): {s.error}" for s in night.failed)
+    return Failed(message=f"{len(night.failed)} of {n_pending} new sample(s) not finished "
+                  f"(the others finished; see {path}): {names}")
+
+
 _RUN = {p.name: p.default for p in RUN_PARAMETERS}
-NIGHT_RUN_PARAMETERS = ("persistent_models", "chunk_length", "dnabert_model", "esm_model", "classifier",
-                        "device", "precision", "gpus", "toks_per_batch", "preset", "min_score",
-                        "min_virus_fraction", "smooth_window", "max_gap", "min_region_length",
-                        "calibration")
-"""The run parameters a night hands to every sample (the rest are the night's own): every sample
-of a night is called with the same thresholds, region rule and calibration."""
 _NIGHT_HELP = {
     "inbox": "Folder with the night's FASTA / FASTA.gz files (not searched recursively).",
-    "outbox": "Folder for one output directory per sample, nightly-<date>.json and nightly-<date>.html.",
+    "outbox": "Folder for one output directory per sample and nightly-<date>-<run>.json.",
     "pattern": "File-name globs of samples in the inbox.",
-    "persistent_models": "One worker pool for the whole night: each GPU worker loads each model once "
-                         "(default on, unlike a single run: a night has many samples).",
-    "dispatch_deployments": "Run each sample as its own `deployment` run (several GPU hosts).",
-    "deployment": "The predict deployment to dispatch to.",
-    "dispatch_timeout_s": "How long to wait for dispatched runs before reporting them running.",
+    "persistent_models": "One worker pool for the whole night (per GPU slot when dispatched): each GPU "
+                         "worker loads each model once (default on, unlike a single run).",
+    "dispatch_deployments": "Spread the samples over the GPU pool's live slots, one `deployment` run "
+                            "per slot (several GPUs or hosts); the night itself takes no GPU.",
+    "deployment": "The batch deployment to dispatch to.",
+    "gpu_pool": "The work pool whose live GPU slots (work queues) get the batch runs.",
+    "redispatch_attempts": "How many more times a lost sample (its batch run crashed or its worker "
+                           "died) is dispatched before the night gives up on it.",
+    "dispatch_timeout_s": "Deadline of a dispatched night in seconds [default: 30 min + the night's "
+                          "sequence bytes at 1 kB/s per GPU slot (20 B/s on CPU), with room for "
+                          "re-dispatch]; runs still going then are cancelled and the night fails.",
+    "lost_after_s": "A running batch run without a heartbeat for this long is lost and re-dispatched "
+                    "[default: 4 heartbeat intervals of the GPU pool].",
 }
 
 
@@ -226,67 +214,47 @@ def _nightly(
     min_region_length: int = _RUN["min_region_length"],
     calibration: Path | None = None,
     dispatch_deployments: bool = False,
-    deployment: str = PREDICT_DEPLOYMENT,
-    dispatch_timeout_s: float = 12 * 3600.0,
+    deployment: str = BATCH_DEPLOYMENT,
+    gpu_pool: str = GPU_POOL,
+    redispatch_attempts: int = 2,
+    dispatch_timeout_s: float | None = None,
+    lost_after_s: float | None = None,
 ) -> dict[str, Any] | State:
     params: dict[str, Any] = {name: value for name, value in locals().items() if name in NIGHT_RUN_PARAMETERS}
+    notes = start_run()
     logger = get_run_logger()
-    inbox_dir, outbox_dir = _folder(inbox, "inbox"), _folder(outbox, "outbox")
+    folders = (_folder(inbox, "inbox"), _folder(outbox, "outbox"))
     started = dt.datetime.now().astimezone()
-    context = FlowRunContext.get()
-    scan = find_new_samples.submit(inbox_dir, outbox_dir, list(pattern)).result()
-    outbox_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = _skipped(scan)
-    model_loads: dict[str, dict[str, int]] = {}
-    pools_opened = 0
+    scan = find_new_samples.submit(folders[0], folders[1], list(pattern)).result()
+    folders[1].mkdir(parents=True, exist_ok=True)
     if dispatch_deployments:
-        mode = f"dispatched to {deployment}"
-        if scan.pending:
-            outcomes += _dispatch(scan.pending, params, deployment, dispatch_timeout_s)
+        settings = DispatchSettings(deployment=deployment, gpu_pool=gpu_pool,
+                                    redispatch_attempts=redispatch_attempts,
+                                    timeout_s=dispatch_timeout_s, lost_after_s=lost_after_s)
+        ran = _dispatched(scan.pending, params, settings) if scan.pending else _Ran(
+            f"dispatched to {deployment}", (), {}, 0)
     else:
-        mode = "persistent pool" if persistent_models else "per-stage workers"
-        if scan.pending:
-            ran, night_lease = _run_in_process(scan.pending, params)
-            outcomes += ran
-            if night_lease.persistent:
-                model_loads = night_lease.model_loads()
-                pools_opened = night_lease.pools_opened
-    order = {str(s.path): i for i, s in enumerate(sorted(
-        [*scan.pending, *(s for s, _ in scan.finished), *(s for s, _ in scan.duplicates)],
-        key=lambda s: s.path))}
-    night = NightReport(
-        date=started.strftime("%Y-%m-%d"),
-        started=started.isoformat(timespec="seconds"),
-        finished=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        inbox=str(inbox_dir),
-        outbox=str(outbox_dir),
-        mode=mode,
-        samples=tuple(sorted(outcomes, key=lambda o: order.get(o.file, 0))),
-        model_loads=model_loads,
-        pools_opened=pools_opened,
-        flow_run_id=str(context.flow_run.id) if context and context.flow_run else None,
-    )
+        ran = _in_process(scan.pending, params) if scan.pending else _Ran(
+            "persistent pool" if persistent_models else "per-stage workers", (), {}, 0)
+    night = _report(scan, ran, folders, started, notes)
     path = write_night_report(night)
     page = write_night_html(night)
     publish_nightly_summary(night)
     logger.info("night summary: %s; night report: %s", path, page)
-    if night.failed:
-        names = "; ".join(f"{Path(s.file).name}: {s.error}" for s in night.failed)
-        return Failed(message=f"{len(night.failed)} of {len(scan.pending)} new sample(s) failed "
-                      f"(the others finished; see {path}): {names}")
-    return night.to_dict()
+    return _final_state(night, path, len(scan.pending))
 
 
 _nightly.__doc__ = parameters_docstring(
     "Run every new sample of ``inbox``; outputs and the night's JSON go to ``outbox``.",
     ("inbox", "outbox", "pattern", *NIGHT_RUN_PARAMETERS, "dispatch_deployments", "deployment",
-     "dispatch_timeout_s"),
+     "gpu_pool", "redispatch_attempts", "dispatch_timeout_s", "lost_after_s"),
     extra=_NIGHT_HELP,
 )
 
 nightly_flow = flow(
     name="virnucpro-nightly",
     task_runner=GpuTaskRunner(),
+    flow_run_name=_run_name,
     description="VirNucPro nightly batch: every new sample of an inbox folder through virnucpro-predict.",
     validate_parameters=True,
 )(_nightly)
@@ -304,12 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in NIGHT_RUN_PARAMETERS:
         add_argparse_option(p, name, default=True if name == "persistent_models" else None)
     p.add_argument("--dispatch-deployments", action="store_true",
-                   help=f"dispatch_deployments: one {PREDICT_DEPLOYMENT} run per sample")
+                   help=f"dispatch_deployments: one {BATCH_DEPLOYMENT} run per live GPU slot")
     args = vars(p.parse_args(argv))
     args["pattern"] = args["pattern"] or list(DEFAULT_PATTERNS)
     gpus = parse_gpus(args["gpus"])
     args["gpus"] = list(gpus) if gpus else None
-    announce_temporary_server()
     state = nightly_flow(**args, return_state=True)
     print(state.message or state.name, file=sys.stderr if state.is_failed() else sys.stdout)
     return 0 if state.is_completed() else 1

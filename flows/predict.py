@@ -15,8 +15,10 @@ Run it three ways:
 With ``persistent_models`` the flow's :class:`GpuTaskRunner` opens one worker pool per run (one
 process per GPU, both models loaded once) for both feature tasks; otherwise each feature task
 starts workers that load only its model and release it when the stage ends, as the original did.
-Between stages, memory-checkpoint tasks read NVML; the run publishes the ``gpu-memory-checkpoints``
-table and the ``prediction-summary`` markdown artifacts. Outputs equal ``virnucpro predict``'s.
+Between stages, memory-checkpoint tasks read NVML. The run is named ``predict-<input file>`` and
+publishes, keyed per sample: a progress artifact per feature stage (frames, rate, ETA), the
+``gpu-memory-checkpoints-<sample>`` table, the ``prediction-summary-<sample>`` markdown and a
+``report-<sample>`` link to report.html. Outputs equal ``virnucpro predict``'s.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import argparse  # noqa: E402
 from typing import Any  # noqa: E402
 
 from prefect import flow  # noqa: E402
+from prefect.context import FlowRunContext  # noqa: E402
 
 from virnucpro.config import RunConfig  # noqa: E402
 from virnucpro.orchestration.artifacts import DEMO_WARNING  # noqa: E402
@@ -97,9 +100,17 @@ _predict.__doc__ = parameters_docstring(
     "ESM-2 features, classify, report.", PREDICT_PARAMETERS,
 )
 
+def _run_name() -> str:
+    """``predict-<input file name>``: runs are found by their sample, not a random name."""
+    context = FlowRunContext.get()
+    parameters = (context.parameters if context is not None else None) or {}
+    return f"predict-{Path(str(parameters.get('input_fasta', 'input'))).name}"
+
+
 predict_flow = flow(
     name="virnucpro-predict",
     task_runner=GpuTaskRunner(),
+    flow_run_name=_run_name,
     description="VirNucPro viral sequence prediction of one FASTA/FASTA.gz (DNABERT-S + ESM-2 features).",
     validate_parameters=True,
 )(_predict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,6 +16,8 @@ from virnucpro.errors import ConfigError, Terminated, VirNucProError
 from virnucpro.pipeline.parameters import RUN_PARAMETERS, RunParameter, build_config, parameter, parse_gpus
 
 __all__ = ["main", "cli"]
+
+_PROGRESS_EVERY_S = 10.0
 
 logger = logging.getLogger("virnucpro.cli")
 
@@ -149,7 +152,13 @@ def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     ctx.obj["persistent_models"] = bool(options["persistent_models"])
     config = build_config({"input_fasta": input_fasta, **options}, origin="option")
 
-    def progress(p) -> None:  # progress lines belong to the CLI
+    last_line = {"at": 0.0}
+
+    def progress(p) -> None:  # progress lines belong to the CLI: one every 10 s, and the last
+        now = time.monotonic()
+        if now - last_line["at"] < _PROGRESS_EVERY_S and p.shards_done < p.shards_total:
+            return
+        last_line["at"] = now
         click.echo(f"  {p.describe()}", err=True)
 
     result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)

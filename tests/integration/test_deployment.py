@@ -1,14 +1,16 @@
 """Deployments for real: ``prefect server start`` on 127.0.0.1, ``prefect deploy --all`` from
-``prefect.yaml``, a process worker started by ``deployments/start-worker.sh``, and runs made with
-``prefect deployment run``.
+``prefect.yaml``, a worker started the plain Prefect way (``prefect worker start --pool
+virnucpro-gpu``, no ``VIRNUCPRO_HOME``), and runs made with ``prefect deployment run``.
 
-The deploy happens from a copy of the checkout, which is then RENAMED before the worker starts
-with ``VIRNUCPRO_HOME`` naming the new location: a run only completes if the pull step holds no
-path of the deploying machine. The copy's package version carries a marker that the runs'
-run_info.json must show, so the code that ran is the copy's, not the developer checkout's.
+The deploy happens from a copy of the checkout, which is then RENAMED (and its version changed)
+before the worker starts with the renamed copy as its installed package (``PYTHONPATH``): a run
+only completes if the pull step holds no path of the deploying machine and finds the checkout
+from the installed package; it then says that its code is not the deployed version. The copies'
+package versions carry markers that run_info.json must show, so the code that ran is the worker
+copy's, not the developer checkout's.
 
 One server and one worker serve all deployment tests (module fixtures); everything started is
-stopped by process group in teardown.
+stopped by process group in teardown. The multi-worker night is ``test_lab_night.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION_MARKER = "+deploytest"
+WORKER_MARKER = "+deploytest.worker"  # the worker's checkout is a later version than the deployed one
 RUN_TIMEOUT_S = 420
 _IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".hypothesis",
@@ -82,16 +85,18 @@ class Site:
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         return done.stdout + done.stderr
 
-    def run_deployment(self, name: str, **params: object) -> str:
+    def run_deployment(self, name: str, job_variables: dict | None = None, **params: object) -> str:
         args = ["deployment", "run", name]
         for key, value in params.items():
             args += ["-p", f"{key}={value}"]
+        for key, value in (job_variables or {}).items():
+            args += ["--job-variable", f"{key}={json.dumps(value)}"]
         out = self.prefect(*args)
         match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
         assert match, out
         return match.group(1)
 
-    def wait(self, flow_run_id: str, timeout: float = RUN_TIMEOUT_S):  # type: ignore[no-untyped-def]
+    def wait(self, flow_run_id: str, timeout: float = RUN_TIMEOUT_S, expect_completed: bool = True):  # type: ignore[no-untyped-def]
         from prefect.client.orchestration import get_client
 
         async def poll():  # type: ignore[no-untyped-def]
@@ -108,8 +113,20 @@ class Site:
         run = self.api(poll)
         log = self.worker_log.read_text(errors="replace")[-6000:]
         assert run.state is not None and run.state.is_final(), f"not finished in {timeout} s\n{log}"
-        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log}"
+        if expect_completed:
+            assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{log}"
         return run
+
+    def logs(self, flow_run_id: str) -> list:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        async def read():  # type: ignore[no-untyped-def]
+            async with get_client() as client:
+                return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                              limit=200)
+
+        return self.api(read)
 
     def api(self, make_coro):  # type: ignore[no-untyped-def]
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -199,23 +216,27 @@ def site(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, demo_models
             (inbox / name).write_text("".join(part))
         site = Site(url=url, env=env, checkout=deployed_from, deployed_from=deployed_from,
                     worker_log=root / "worker.log", inbox=inbox, outbox=outbox, data=data)
-        site.prefect("work-pool", "create", "virnucpro-gpu", "--type", "process",
-                     "--base-job-template", str(deployed_from / "deployments" / "gpu-process-pool.json"))
+        for pool, template in (("virnucpro-gpu", "gpu-process-pool.json"),
+                               ("virnucpro-control", "control-process-pool.json")):
+            site.prefect("work-pool", "create", pool, "--type", "process",
+                         "--base-job-template", str(deployed_from / "deployments" / template))
         deploy_env = {**env, "VIRNUCPRO_INBOX": str(inbox), "VIRNUCPRO_OUTBOX": str(outbox)}
         done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
                               cwd=deployed_from, env=deploy_env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
-        # the worker's checkout is somewhere else: the deploying checkout is gone
+        # the worker's checkout is somewhere else (the deploying checkout is gone) and newer
         checkout = root / "worker-checkout"
         deployed_from.rename(checkout)
+        init = checkout / "virnucpro" / "__init__.py"
+        init.write_text(init.read_text().replace(VERSION_MARKER, WORKER_MARKER))
         site.checkout = checkout
         worker_cwd = root / "worker-cwd"
         worker_cwd.mkdir()
-        with open(site.worker_log, "wb") as log:
+        with open(site.worker_log, "wb") as log:  # plain Prefect: no VIRNUCPRO_HOME, no script
             worker = subprocess.Popen(
-                ["bash", str(checkout / "deployments" / "start-worker.sh"), "cpu"],
-                env={**env, "VIRNUCPRO_HOME": str(checkout)}, cwd=worker_cwd, stdout=log,
+                [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "virnucpro-gpu"],
+                env={**env, "PYTHONPATH": str(checkout)}, cwd=worker_cwd, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         processes.append(worker)
@@ -233,75 +254,65 @@ def _model_params(demo_models) -> dict[str, object]:  # type: ignore[no-untyped-
 @pytest.mark.slow
 def test_deployments_come_from_prefect_yaml(site: Site) -> None:
     predict = site.deployment("virnucpro-predict/predict")
+    batch = site.deployment("virnucpro-batch/batch")
     nightly = site.deployment("virnucpro-nightly/nightly")
-    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $VIRNUCPRO_HOME }}"}}]
-    for deployment in (predict, nightly):
-        assert deployment.work_pool_name == "virnucpro-gpu"
+    pull = [{"virnucpro.orchestration.checkout.enter_checkout": {}}]
+    for deployment in (predict, batch, nightly):
         assert deployment.pull_steps == pull
         assert str(site.deployed_from) not in deployment.model_dump_json()  # no deploy-time path
+        assert deployment.version == "0.1.0" + VERSION_MARKER  # the code it was deployed from
+    assert predict.work_pool_name == batch.work_pool_name == "virnucpro-gpu"
+    assert nightly.work_pool_name == "virnucpro-control"  # the night never takes a GPU slot
     assert predict.parameters["persistent_models"] is True
     assert "persistent_models" in predict.parameter_openapi_schema["properties"]
+    assert "samples" in batch.parameter_openapi_schema["properties"]
     assert nightly.parameters["inbox"] == str(site.inbox) and nightly.parameters["outbox"] == str(site.outbox)
+    assert nightly.parameters["dispatch_deployments"] is True
     schedule = nightly.schedules[0].schedule
     assert schedule.cron == "0 2 * * *" and schedule.timezone
 
 
 @pytest.mark.slow
-def test_predict_deployment_run_with_persistent_models(site: Site, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plain_worker_runs_predict_and_says_its_code_is_not_the_deployed_one(
+    site: Site, demo_models  # type: ignore[no-untyped-def]
+) -> None:
     out = site.data / "predict-out"
     flow_run_id = site.run_deployment(
         "virnucpro-predict/predict", input_fasta=site.inbox / "s1.fa", output_dir=out,
         persistent_models="true", **_model_params(demo_models),
     )
-    site.wait(flow_run_id)
+    run = site.wait(flow_run_id)
+    assert run.name == "predict-s1.fa"
     info = json.loads((out / "run_info.json").read_text())
-    assert info["virnucpro_version"].endswith(VERSION_MARKER)  # the worker checkout's code ran
+    assert info["virnucpro_version"].endswith(WORKER_MARKER)  # the worker's installed checkout ran
     assert info["persistent_models"] is True
     assert [s["model_loads"] for s in info["stages"]] == [{"cpu": {"dnabert": 1, "esm": 1}}] * 2
-    memory = site.artifacts(flow_run_id, "gpu-memory-checkpoints")
+    memory = site.artifacts(flow_run_id, "gpu-memory-checkpoints-s1")
     assert len(memory) == 1 and memory[0].type == "table"
     rows = json.loads(memory[0].data)
     assert [r["checkpoint"] for r in rows][:1] == ["start"]
     assert {r["checkpoint"] for r in rows} >= {"after-dnabert", "after-esm", "end"}
-    summary = site.artifacts(flow_run_id, "prediction-summary")
+    summary = site.artifacts(flow_run_id, "prediction-summary-s1")
     assert len(summary) == 1 and summary[0].type == "markdown"
     assert info["models"]["esm"]["sha256"] in summary[0].data and "DEMO MODELS" in summary[0].data
+    mismatch = (f"the deployment was made from virnucpro 0.1.0{VERSION_MARKER}, but this worker runs "
+                f"virnucpro 0.1.0{WORKER_MARKER}")
+    assert mismatch in summary[0].data
+    logs = site.logs(flow_run_id)
+    assert any(mismatch in line.message for line in logs)
+    assert any(line.name.startswith("virnucpro.") and line.level == 20 for line in logs)  # library INFO
 
 
 @pytest.mark.slow
-def test_nightly_deployment_run_loads_models_once(site: Site, demo_models) -> None:  # type: ignore[no-untyped-def]
-    flow_run_id = site.run_deployment("virnucpro-nightly/nightly", **_model_params(demo_models))
-    site.wait(flow_run_id)
-    report = json.loads(next(site.outbox.glob("nightly-*.json")).read_text())
-    assert report["counts"]["done"] == 3 and report["mode"] == "persistent pool"
-    assert report["pools_opened"] == 1 and report["model_loads"] == {"cpu": {"dnabert": 1, "esm": 1}}
-    for sample in report["samples"]:
-        info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())
-        assert info["virnucpro_version"].endswith(VERSION_MARKER)
-    summary = site.artifacts(flow_run_id, "nightly-summary")
-    assert len(summary) == 1 and "3 done, 0 failed" in summary[0].data
-
-
-@pytest.mark.slow
-def test_nightly_dispatches_each_sample_as_a_predict_run(site: Site, demo_models, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    inbox, outbox = site.data / "inbox-dispatch", site.data / "outbox-dispatch"
-    inbox.mkdir()
-    records = _records(shared_dir)
-    (inbox / "d1.fa").write_text("".join(records[10:12]))
-    (inbox / "d2.fa").write_text("".join(records[12:14]))
+def test_a_run_without_the_flows_fails_at_once_naming_what_to_set(site: Site) -> None:
     flow_run_id = site.run_deployment(
-        "virnucpro-nightly/nightly", inbox=inbox, outbox=outbox, dispatch_deployments="true",
-        **_model_params(demo_models),
+        "virnucpro-predict/predict", input_fasta=site.inbox / "s1.fa",
+        job_variables={"env": {"VIRNUCPRO_HOME": str(site.data)}},  # a folder without the flows
     )
-    site.wait(flow_run_id, timeout=2 * RUN_TIMEOUT_S)
-    report = json.loads(next(outbox.glob("nightly-*.json")).read_text())
-    assert report["mode"] == "dispatched to virnucpro-predict/predict"
-    assert report["counts"]["done"] == 2
-    runs = {s["flow_run_id"] for s in report["samples"]}
-    assert len(runs) == 2 and flow_run_id not in runs
-    for sample in report["samples"]:  # each sample was its own predict deployment run
-        assert site.artifacts(sample["flow_run_id"], "prediction-summary")
-        assert (Path(sample["output_dir"]) / ".virnucpro_work" / "DONE").read_text().strip() == sample["sha256"]
+    run = site.wait(flow_run_id, expect_completed=False)
+    assert run.state.is_failed(), run.state
+    assert f"VIRNUCPRO_HOME={site.data} is not a VirNucPro checkout" in run.state.message
+    assert any("is not a VirNucPro checkout" in line.message for line in site.logs(flow_run_id))
 
 
 # -- the work-pool templates ----------------------------------------------------------------

@@ -40,6 +40,18 @@ def test_nightly_flow_run_parameters_equal_the_table() -> None:
         assert signature.parameters[name].default == expected, name
 
 
+def test_batch_flow_run_parameters_equal_the_night_s() -> None:
+    from flows.batch import batch_flow
+    from flows.nightly import NIGHT_RUN_PARAMETERS, nightly_flow
+
+    batch = inspect.signature(batch_flow.fn)
+    assert list(batch.parameters) == ["samples", *NIGHT_RUN_PARAMETERS]
+    night = inspect.signature(nightly_flow.fn)
+    for name in NIGHT_RUN_PARAMETERS:  # a dispatched night hands its values to the batch as they are
+        assert batch.parameters[name].default == night.parameters[name].default, name
+        assert _hints(batch_flow.fn)[name] == _hints(nightly_flow.fn)[name], name
+
+
 def test_cli_predict_options_are_the_table() -> None:
     command = cli.commands["predict"]
     options = {p.name: p for p in command.params if p.name != "verbose"}  # -v: every subcommand's

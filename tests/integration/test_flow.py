@@ -2,7 +2,8 @@
 
 - the flow runs with ``persistent_models`` true and false and writes exactly ``virnucpro predict``'s
   outputs; with persistent models each worker loads each model once for both feature tasks;
-- the ``gpu-memory-checkpoints`` and ``prediction-summary`` artifacts exist, read back via the API;
+- the ``gpu-memory-checkpoints-<sample>``, ``prediction-summary-<sample>``, ``report-<sample>``
+  and per-stage progress artifacts exist, read back via the API; the run is named after its input;
 - the task runner pickles, duplicates, reads the flow parameter, and closes its pool even when the
   flow fails;
 - the calling parameters (preset, thresholds, region options) give the CLI's outputs;
@@ -34,9 +35,12 @@ from prefect.client.schemas.filters import (  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from virnucpro.orchestration.artifacts import (  # noqa: E402
+    EMPTY,
     MEMORY_ARTIFACT_KEY,
     MEMORY_COLUMNS,
+    REPORT_ARTIFACT_KEY,
     SUMMARY_ARTIFACT_KEY,
+    sample_key,
 )
 from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
 
@@ -161,13 +165,13 @@ def test_per_stage_flow_loads_one_model_per_stage(flow_runs: dict) -> None:
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-stage"])
 def test_memory_checkpoint_artifact(flow_runs: dict, persistent: bool) -> None:
     state, out = flow_runs[persistent]
-    artifacts = _artifacts(state.state_details.flow_run_id, MEMORY_ARTIFACT_KEY)
+    artifacts = _artifacts(state.state_details.flow_run_id, sample_key(MEMORY_ARTIFACT_KEY, "sample.fa"))
     assert len(artifacts) == 1
     artifact = artifacts[0]
     assert artifact.type == "table"
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert all(tuple(row) == MEMORY_COLUMNS for row in rows)
-    assert [r["checkpoint"] for r in rows if r["device"] in ("-", rows[0]["device"])][:4] == list(CHECKPOINTS)
+    assert [r["checkpoint"] for r in rows if r["device"] in (EMPTY, rows[0]["device"])][:4] == list(CHECKPOINTS)
     checkpoints = _run_info(out)["memory_checkpoints"]
     if not checkpoints[0]["nvml_available"]:  # CPU machines: one row per checkpoint, saying why
         assert len(rows) == len(CHECKPOINTS)
@@ -175,12 +179,13 @@ def test_memory_checkpoint_artifact(flow_runs: dict, persistent: bool) -> None:
     else:
         assert all(r["total_mib"] > 0 for r in rows)
     after_dnabert = next(r for r in rows if r["checkpoint"] == "after-dnabert")
-    assert after_dnabert["stage"] == "DNABERT-S" and after_dnabert["worker_peak_mib"].startswith("cpu: ")
+    assert after_dnabert["worker_peak_mib"].startswith("cpu: ")
 
 
 def test_prediction_summary_artifact(flow_runs: dict) -> None:
     state, out = flow_runs[True]
-    artifacts = _artifacts(state.state_details.flow_run_id, SUMMARY_ARTIFACT_KEY)
+    run_id = state.state_details.flow_run_id
+    artifacts = _artifacts(run_id, sample_key(SUMMARY_ARTIFACT_KEY, "sample.fa"))
     assert len(artifacts) == 1 and artifacts[0].type == "markdown"
     text = artifacts[0].data
     info = _run_info(out)
@@ -193,8 +198,16 @@ def test_prediction_summary_artifact(flow_runs: dict) -> None:
     assert f"| {info['input']['records']} | {info['input']['chunks']} | {info['input']['frames']} |" in text
     for section in ("## Throughput per stage", "## Timings", "## Memory", "## Models", "## Outputs"):
         assert section in text
-    assert "| DNABERT-S | persistent |" in text and "| ESM-2 | persistent |" in text
+    assert "|  | DNABERT-S | ESM-2 |" in text and "| workers | persistent | persistent |" in text
     assert str(out / "prediction_results.txt") in text
+    (link,) = _artifacts(run_id, sample_key(REPORT_ARTIFACT_KEY, "sample.fa"))
+    assert (out / "report.html").resolve().as_uri() in link.data
+    for stage in ("dnabert", "esm"):  # one progress artifact per feature stage, finished
+        (progress,) = _artifacts(run_id, sample_key(f"{stage}-progress", "sample.fa"))
+        assert progress.type == "progress" and progress.data == 100.0
+        assert f"{info['input']['frames']}/{info['input']['frames']} frames" in progress.description
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id).name == "predict-sample.fa"
 
 
 def test_calling_parameters_act_as_the_cli_options(

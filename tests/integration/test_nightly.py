@@ -68,7 +68,8 @@ def _night(inbox: Path, outbox: Path, params: dict, **extra):  # type: ignore[no
     from flows.nightly import nightly_flow
 
     state = nightly_flow(inbox=inbox, outbox=outbox, **params, **extra, return_state=True)
-    reports = sorted(outbox.glob("nightly-*.json"))
+    run = str(state.state_details.flow_run_id)
+    reports = sorted(outbox.glob(f"nightly-*-{run[:8]}.json"))  # one report per night run
     assert len(reports) == 1, reports
     return state, json.loads(reports[0].read_text())
 
@@ -142,7 +143,7 @@ def test_first_night_publishes_the_summary_artifact(first_night) -> None:  # typ
         ))
     assert len(artifacts) == 1 and artifacts[0].type == "markdown"
     text = artifacts[0].data
-    assert "3 done, 0 failed, 0 already-done" in text
+    assert "3 done, 0 failed, 0 missing, 0 already-done" in text
     assert "DEMO MODELS WITH RANDOM WEIGHTS" in text
     assert "cpu: dnabert 1, esm 1" in text
     for sample in report["samples"]:
@@ -156,6 +157,7 @@ def test_second_night_skips_finished_samples(first_night, inbox: Path, params: d
     assert report["counts"]["already-done"] == 3 and report["counts"]["done"] == 0
     assert report["pools_opened"] == 0 and report["model_loads"] == {}
     assert {s["output_dir"] for s in report["samples"]} == {s["output_dir"] for s in first["samples"]}
+    assert len(list(outbox.glob("nightly-*.json"))) == 2  # the first night's report is still there
 
 
 def test_renamed_copy_is_recognised_by_content(first_night, inbox: Path, params: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -188,7 +190,7 @@ def test_corrupt_sample_is_reported_and_the_others_complete(
     outbox = tmp_path / "outbox"
     state, report = _night(inbox, outbox, params)
     assert state.is_failed()
-    assert "1 of 3 new sample(s) failed" in state.message and "corrupt.fa: InputError" in state.message
+    assert "1 of 3 new sample(s) not finished" in state.message and "corrupt.fa (failed): InputError" in state.message
     samples = _by_name(report)
     assert samples["corrupt.fa"]["status"] == "failed"
     error = samples["corrupt.fa"]["error"]

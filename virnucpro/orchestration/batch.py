@@ -6,9 +6,10 @@ outbox counts, so a renamed copy of a finished sample is recognised as finished;
 with the same content are run once. Files whose name starts with ``.`` are ignored, so copy
 samples in under a hidden name and rename them when complete.
 
-:class:`SampleOutcome` and :class:`NightReport` record the night; :func:`write_night_report`
-writes ``<outbox>/nightly-<date>.json``. Framework-free (no prefect): the nightly flow wraps
-:func:`scan_inbox` in a task and publishes the report as an artifact.
+:class:`SampleOutcome`, :class:`BatchRecord` and :class:`NightReport` record the night;
+:func:`write_night_report` writes ``<outbox>/nightly-<date>-<run>.json`` (one file per night run:
+a second run the same day does not overwrite the first). Framework-free (no prefect): the nightly
+flow wraps :func:`scan_inbox` in a task and publishes the report as an artifact.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ __all__ = [
     "Sample",
     "InboxScan",
     "sample_output_dir",
+    "is_finished",
     "finished_outputs",
     "scan_inbox",
     "Status",
     "STATUSES",
     "SampleOutcome",
+    "BatchRecord",
     "NightReport",
     "outcome_from_outputs",
     "write_night_report",
@@ -76,6 +79,11 @@ def _done_hash(output_dir: Path) -> str | None:
         return OutputPaths.for_dir(output_dir).done_marker.read_text().strip() or None
     except OSError:
         return None
+
+
+def is_finished(sample: Sample) -> bool:
+    """The sample's own output directory holds its DONE marker (with its content's hash)."""
+    return _done_hash(sample.output_dir) == sample.sha256
 
 
 def finished_outputs(outbox: Path) -> dict[str, Path]:
@@ -125,8 +133,10 @@ def scan_inbox(inbox: Path, outbox: Path, patterns: Iterable[str] = DEFAULT_PATT
 
 
 # -- what happened --------------------------------------------------------------------------
-Status = Literal["done", "failed", "already-done", "duplicate", "running"]
-STATUSES: tuple[Status, ...] = ("done", "failed", "already-done", "duplicate", "running")
+Status = Literal["done", "failed", "missing", "already-done", "duplicate"]
+STATUSES: tuple[Status, ...] = ("done", "failed", "missing", "already-done", "duplicate")
+"""``failed``: the sample's own run failed (e.g. bad input); ``missing``: no run finished it (its
+runs were lost past the re-dispatch limit, or the night timed out). Both fail the night."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +148,7 @@ class SampleOutcome:
     status: Status
     output_dir: str
     flow_run_id: str | None = None
+    batch_run: str | None = None  # the batch run that ran it (dispatched nights)
     records: int | None = None
     frames: int | None = None
     calls: dict[str, int] = field(default_factory=dict)
@@ -152,6 +163,7 @@ def outcome_from_outputs(
     output_dir: Path | None = None,
     flow_run_id: str | None = None,
     error: str | None = None,
+    batch_run: str | None = None,
 ) -> SampleOutcome:
     """An outcome with the counts and calls read from the output's ``run_info.json`` (if any)."""
     out = Path(output_dir) if output_dir is not None else sample.output_dir
@@ -166,6 +178,7 @@ def outcome_from_outputs(
         status=status,
         output_dir=str(out),
         flow_run_id=flow_run_id,
+        batch_run=batch_run,
         records=(info.get("input") or {}).get("records"),
         frames=(info.get("input") or {}).get("frames"),
         calls=dict((info.get("report") or {}).get("sequence_calls") or {}),
@@ -173,6 +186,20 @@ def outcome_from_outputs(
         demo_models=bool(info.get("demo_models", False)),
         error=error,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One batch run a dispatched night made: where it ran, what it got, how it ended."""
+
+    name: str
+    flow_run_id: str
+    work_queue: str
+    attempt: int
+    samples: tuple[str, ...]  # file names, largest first
+    state: str
+    message: str | None = None
+    model_loads: dict[str, dict[str, int]] = field(default_factory=dict)  # per pool worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +216,23 @@ class NightReport:
     model_loads: dict[str, dict[str, int]] = field(default_factory=dict)
     pools_opened: int = 0
     flow_run_id: str | None = None
+    batches: tuple[BatchRecord, ...] = ()
+    notes: tuple[str, ...] = ()  # warnings of the night run (e.g. a code-version mismatch)
 
     def count(self, status: Status) -> int:
         return sum(1 for s in self.samples if s.status == status)
 
     @property
     def failed(self) -> tuple[SampleOutcome, ...]:
-        return tuple(s for s in self.samples if s.status == "failed")
+        """Samples the night did not finish: failed or missing."""
+        return tuple(s for s in self.samples if s.status in ("failed", "missing"))
 
     @property
     def path_name(self) -> str:
-        return f"nightly-{self.date}.json"
+        """``nightly-<date>-<first 8 of the flow run id>.json`` (``nightly-<date>.json`` outside
+        a flow run)."""
+        run = f"-{self.flow_run_id[:8]}" if self.flow_run_id else ""
+        return f"nightly-{self.date}{run}.json"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -208,7 +241,7 @@ class NightReport:
 
 
 def write_night_report(report: NightReport) -> Path:
-    """Write ``<outbox>/nightly-<date>.json`` atomically (a re-run the same day replaces it)."""
+    """Write ``<outbox>/<report.path_name>`` atomically (one file per night run)."""
     path = Path(report.outbox) / report.path_name
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
     return path

@@ -9,26 +9,26 @@ from virnucpro.orchestration.artifacts import (
     DEMO_WARNING,
     publish_memory_checkpoints,
     publish_prediction_summary,
+    publish_report_link,
 )
+from virnucpro.orchestration.progress import StageProgress
+from virnucpro.orchestration.run_start import start_run
 from virnucpro.orchestration.task_runner import current_gpu_runner
 from virnucpro.orchestration.tasks import PrefectSteps
 from virnucpro.pipeline.finalize import PredictionResult
 from virnucpro.pipeline.prediction import run_prediction
-from virnucpro.pipeline.work_queue import Progress
 
 __all__ = ["predict_in_flow"]
-
-
-def _log_progress(p: Progress) -> None:
-    get_run_logger().info("%s", p.describe())
 
 
 def predict_in_flow(config: RunConfig) -> PredictionResult:
     """Run ``config`` inside the current flow run: each step a task, on the runner's lease.
 
-    Publishes the ``gpu-memory-checkpoints`` table (also when the run failed half-way) and the
-    ``prediction-summary`` markdown.
+    Publishes a progress artifact per feature stage while it runs, the
+    ``gpu-memory-checkpoints-<sample>`` table (also when the run failed half-way), the
+    ``prediction-summary-<sample>`` markdown and the ``report-<sample>`` link.
     """
+    notes = start_run()
     runner = current_gpu_runner()
     steps = PrefectSteps()
     try:
@@ -37,11 +37,12 @@ def predict_in_flow(config: RunConfig) -> PredictionResult:
             persistent_models=config.persistent_models,
             lease=runner.lease if runner is not None else None,
             steps=steps,
-            on_progress=_log_progress,
+            on_progress=StageProgress(config.input_fasta),
         )
     finally:
-        publish_memory_checkpoints(steps.checkpoints, sample=config.input_fasta.name)
-    publish_prediction_summary(result)
+        publish_memory_checkpoints(steps.checkpoints, config.input_fasta)
+    publish_prediction_summary(result, notes)
+    publish_report_link(result)
     if result.demo_models:
         get_run_logger().warning(DEMO_WARNING)
     return result

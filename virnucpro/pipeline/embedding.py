@@ -23,7 +23,7 @@ finishing thread while it starts the next shard, so the GPU never waits for the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,22 +92,25 @@ class Embeddings:
 class PendingEmbeddings:
     """The batches of one :meth:`EmbeddingRunner.submit` call; :meth:`result` waits for them."""
 
-    def __init__(self, n: int, dim: int) -> None:
+    def __init__(self, n: int, dim: int, on_batch: Callable[[int, int], None] | None = None) -> None:
         # NaN until written: a row the loop missed fails the caller's finite check
         self._matrix = np.full((n, dim), np.nan, dtype=np.float32)
-        self._in_flight: list[tuple[list[int], Any]] = []
+        self._in_flight: list[tuple[list[int], Any, int]] = []
+        self._on_batch = on_batch
         self._lengths: tuple[int, ...] = ()
         self._counts = EmbeddingCounts(frames=n, tokens=0, padded_tokens=0, batches=0,
                                        uniform_batches=0, oom_retries=0)
 
-    def _add(self, batch: list[int], handle: Any) -> None:
-        self._in_flight.append((batch, handle))
+    def _add(self, batch: list[int], handle: Any, tokens: int) -> None:
+        self._in_flight.append((batch, handle, tokens))
         if len(self._in_flight) > 1:  # the next batch is queued: now wait for the previous one
             self._collect()
 
     def _collect(self) -> None:
-        batch, handle = self._in_flight.pop(0)
+        batch, handle, tokens = self._in_flight.pop(0)
         self._matrix[batch] = handle.result().numpy()
+        if self._on_batch is not None:
+            self._on_batch(len(batch), tokens)
 
     def _drain(self) -> None:
         while self._in_flight:
@@ -144,13 +147,16 @@ class EmbeddingRunner:
         """:meth:`submit`, then wait."""
         return self.submit(sequences).result()
 
-    def submit(self, sequences: Sequence[str]) -> PendingEmbeddings:
-        """Queue every batch of ``sequences``; returns with at most the last batch computing."""
+    def submit(
+        self, sequences: Sequence[str], on_batch: Callable[[int, int], None] | None = None
+    ) -> PendingEmbeddings:
+        """Queue every batch of ``sequences``; returns with at most the last batch computing.
+        ``on_batch(frames, tokens)`` is called as each batch's embeddings arrive."""
         import torch
 
         embedder = self.embedder
         n = len(sequences)
-        pending = PendingEmbeddings(n, embedder.dim)
+        pending = PendingEmbeddings(n, embedder.dim, on_batch)
         group = encode_group(embedder) if self.encode_group is None else self.encode_group
         groups = encode_ahead(sequences, embedder.encode, group)  # tokenised once, a group ahead
         encoded: list[Any] = [None] * n
@@ -193,7 +199,7 @@ class EmbeddingRunner:
             padded += sum(lengths[i] for i in batch) if packed else size
             batches += 1
             uniform += is_uniform(lengths, batch)
-            pending._add(batch, handle)
+            pending._add(batch, handle, sum(lengths[i] for i in batch))
         counts = EmbeddingCounts(
             frames=n, tokens=sum(lengths), padded_tokens=padded, batches=batches,
             uniform_batches=uniform, oom_retries=oom_retries,

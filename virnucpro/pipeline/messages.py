@@ -13,6 +13,7 @@ __all__ = [
     "EmbedTask",
     "StageEnd",
     "WorkerReady",
+    "BatchDone",
     "TaskDone",
     "TaskFailed",
     "StageEnded",
@@ -58,6 +59,17 @@ class WorkerReady:
     allocator_conf: str
     device_name: str
     cuda_visible_devices: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """One batch of a task computed: progress inside a shard (a one-shard sample is not 0/1 for
+    minutes). ``n_frames``/``n_tokens`` are this batch's, not running totals."""
+
+    worker: str
+    task_id: int
+    n_frames: int
+    n_tokens: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from virnucpro.domain.disk import DISK_ERRNOS
 from virnucpro.errors import DiskError, ModelLoadError, WorkerError
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.messages import (
+    BatchDone,
     EmbedTask,
     StageEnd,
     StageEnded,
@@ -85,6 +86,8 @@ class _Job:
     future: Future
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    frames_done: int = 0  # batches of the current attempt computed so far (progress only)
+    tokens_done: int = 0
 
 
 class _Slot:
@@ -264,6 +267,13 @@ class PersistentWorkerPool:
             self._wake_send.send_bytes(b"!")
         return future
 
+    def in_flight_progress(self) -> tuple[int, int]:
+        """Frames and tokens already computed in shards that are not finished yet (batches the
+        workers reported), for progress inside a shard."""
+        with self._lock:
+            jobs = [j for s in self._slots for j in s.jobs.values()]
+            return sum(j.frames_done for j in jobs), sum(j.tokens_done for j in jobs)
+
     def cancel_pending(self) -> int:
         """Drop queued (not yet running) tasks, cancelling their futures; returns how many."""
         with self._lock:
@@ -362,6 +372,12 @@ class PersistentWorkerPool:
                 info.model_loads[key] = info.model_loads.get(key, 0) + 1
         elif isinstance(message, WorkerFatal):
             raise _fatal_error(message)  # the dispatcher fails every pending future with it
+        elif isinstance(message, BatchDone):
+            with self._lock:
+                running = slot.jobs.get(message.task_id)
+                if running is not None:
+                    running.frames_done += message.n_frames
+                    running.tokens_done += message.n_tokens
         elif isinstance(message, TaskDone):
             with self._lock:
                 job = slot.jobs.pop(message.task_id, None)
@@ -393,6 +409,7 @@ class PersistentWorkerPool:
 
     def _retry_or_fail(self, job: _Job, error: str) -> None:
         job.errors.append(error)
+        job.frames_done = job.tokens_done = 0  # a retry starts the shard again
         if job.attempts >= self.max_attempts:
             ids = list(iter_shard_ids(job.task.shard_path))
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")

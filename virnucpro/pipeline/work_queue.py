@@ -39,8 +39,10 @@ WORKER_PEAK_CPU = "worker process resident memory (peak RSS)"
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A stage's progress; ``seconds`` (and the rates) count from the first shard handed to a
-    ready worker, so they leave out the workers' start and model loading."""
+    """How far a stage is: shards finished, and frames/tokens computed (finished shards plus the
+    batches of shards still running). ``seconds`` (and the rates) count from the first shard
+    handed to a ready worker, so they leave out the workers' start and model loading.
+    ``frames_total`` counts the frames the stage computes (shards already on disk excluded)."""
 
     stage: FeatureStage
     shards_done: int
@@ -48,6 +50,7 @@ class Progress:
     frames_done: int
     tokens_done: int
     seconds: float
+    frames_total: int = 0
 
     @property
     def frames_per_s(self) -> float:
@@ -57,13 +60,31 @@ class Progress:
     def tokens_per_s(self) -> float:
         return self.tokens_done / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def fraction(self) -> float:
+        """0..1; 1 when the stage had nothing to compute."""
+        if self.frames_total <= 0:
+            return 1.0 if self.shards_done >= self.shards_total else 0.0
+        return min(1.0, self.frames_done / self.frames_total)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far; None before the first frames are done."""
+        rate = self.frames_per_s
+        if rate <= 0:
+            return None
+        return max(0, self.frames_total - self.frames_done) / rate
+
     def describe(self) -> str:
         """The progress line, in the words every entry point prints."""
         head = f"{self.stage.label}: {self.shards_done}/{self.shards_total} shards"
         if not self.frames_done:
-            return f"{head} after {self.seconds:.0f} s embedding"
+            return f"{head}, 0 of {self.frames_total} frames after {self.seconds:.0f} s embedding"
+        eta = self.eta_seconds
+        left = f", {eta:.0f} s left" if eta is not None and self.frames_done < self.frames_total else ""
         return (f"{head}, {self.frames_done} frames in {self.seconds:.1f} s embedding "
-                f"({self.frames_per_s:.0f} frames/s, {self.tokens_per_s:.0f} tokens/s)")
+                f"({self.frames_per_s:.0f} frames/s, {self.tokens_per_s:.0f} tokens/s; "
+                f"{self.frames_done} of {self.frames_total} frames{left})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +157,9 @@ class BatchQueueManager:
         on_progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
     ) -> None:
+        """``on_progress`` is called whenever frames were computed (at most about once a second)
+        and once when the stage's shards are all done; progress is logged every
+        ``progress_interval`` seconds."""
         self.devices = list(devices)
         self.spec = spec
         self._own_lease = lease is None
@@ -227,6 +251,8 @@ class BatchQueueManager:
         remaining = set(futures)
         last_report = time.perf_counter()
         compute_started = time.perf_counter()
+        frames_total = sum(s.n_frames for s in todo)
+        last_seen: tuple[int, int] = (-1, -1)
         while remaining:
             finished, remaining = wait_futures(remaining, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -244,18 +270,22 @@ class BatchQueueManager:
                 logger.debug("%s: shard %s done by %s: %d frames, %d tokens in %.1f s", stage.label,
                              futures[future].name, done.worker, done.n_frames, done.n_tokens, done.seconds)
             now = time.perf_counter()
+            partial_frames, partial_tokens = pool.in_flight_progress() if remaining else (0, 0)
+            progress = Progress(
+                stage=stage,
+                shards_done=len(dones),
+                shards_total=len(todo),
+                frames_done=min(frames_total, sum(d.n_frames for d in dones) + partial_frames),
+                tokens_done=sum(d.n_tokens for d in dones) + partial_tokens,
+                seconds=now - compute_started,
+                frames_total=frames_total,
+            )
             if now - last_report >= self.progress_interval or not remaining:
                 last_report = now
-                progress = Progress(
-                    stage=stage,
-                    shards_done=len(dones),
-                    shards_total=len(todo),
-                    frames_done=sum(d.n_frames for d in dones),
-                    tokens_done=sum(d.n_tokens for d in dones),
-                    seconds=now - compute_started,
-                )
-                if self.on_progress is not None:  # the caller reports it (once)
-                    self.on_progress(progress)
-                else:
+                if self.on_progress is None:  # else the caller reports it (once)
                     logger.info("%s", progress.describe())
+            seen = (progress.shards_done, progress.frames_done)
+            if self.on_progress is not None and (seen != last_seen or not remaining):
+                last_seen = seen
+                self.on_progress(progress)  # at most once a second; the callback throttles
         return dones

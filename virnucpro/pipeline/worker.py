@@ -39,6 +39,7 @@ from virnucpro.pipeline.embedding import EmbeddingRunner
 from virnucpro.pipeline.heap import settle_heap
 from virnucpro.pipeline.memory import process_peak_rss_mib, reset_process_peak_rss
 from virnucpro.pipeline.messages import (
+    BatchDone,
     EmbedTask,
     StageEnd,
     StageEnded,
@@ -238,7 +239,11 @@ class _Worker:
             raise RuntimeError(f"injected failure for frame {self.faults.fail_frame}")
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
-        pending = self.runner(task.stage, embedder).submit(seqs)  # every batch queued
+        def batch_done(n_frames: int, n_tokens: int) -> None:  # progress inside a shard
+            self.send(BatchDone(worker=self.name, task_id=task.task_id, n_frames=n_frames,
+                                n_tokens=n_tokens))
+
+        pending = self.runner(task.stage, embedder).submit(seqs, on_batch=batch_done)  # all queued
 
         def finish() -> TaskDone:
             embedded = pending.result()

@@ -1,13 +1,17 @@
-"""Integration tests: Prefect offline and quiet, and the checkout importable as ``flows``.
+"""Integration tests: Prefect offline and quiet, the checkout importable as ``flows``, and the
+pipeline runs that several test modules read (each run once per session).
 
 Set here (before any test module imports prefect) instead of in each Prefect test module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,3 +20,41 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # p
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+
+from tests.integration.pipeline_helpers import (  # noqa: E402
+    SAMPLE_RECORDS,
+    SHARD_FRAMES,
+    CliRun,
+    invoke_cli,
+    model_args,
+    write_sample,
+)
+
+
+@pytest.fixture(scope="session")
+def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``s.fa``: the first 16 records of the golden tiny input, the input of most runs."""
+    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("sample") / "s.fa",
+                        SAMPLE_RECORDS)
+
+
+@pytest.fixture(scope="session")
+def demo_model_args(demo_models) -> list[str]:  # type: ignore[no-untyped-def]
+    return model_args(demo_models)
+
+
+@pytest.fixture(scope="session")
+def cli_standard_run(sample: Path, demo_model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """``virnucpro -v predict s.fa --device cpu --shard-frames 8 --no-persistent-models`` with the
+    demo models, run once from an empty working directory without ``--output-dir``.
+
+    The reference standard-mode run: test_cli reads it for the outputs, provenance, ``-v``,
+    ``--shard-frames`` and the default output directory; test_persistent_workers compares the
+    persistent pool against it (same shards, so bit for bit).
+    """
+    cwd = tmp_path_factory.mktemp("cli-standard")
+    with contextlib.chdir(cwd):
+        run = invoke_cli(["-v", "predict", str(sample), "--device", "cpu", "--shard-frames", str(SHARD_FRAMES),
+                          "--no-persistent-models", *demo_model_args], cwd / "s_virnucpro")
+    assert run.exit_code == 0, run.output
+    return run

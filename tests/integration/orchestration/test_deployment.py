@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 VERSION_MARKER = "+deploytest"
 RUN_TIMEOUT_S = 420
 _IGNORE = shutil.ignore_patterns(

@@ -8,7 +8,6 @@ the worker's ``VIRNUCPRO_FAULTS`` knob, which makes the worker really die / real
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 

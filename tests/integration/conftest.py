@@ -6,7 +6,6 @@ Set here (before any test module imports prefect) instead of in each Prefect tes
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,8 +24,8 @@ from tests.integration.pipeline_helpers import (  # noqa: E402
     SAMPLE_RECORDS,
     SHARD_FRAMES,
     CliRun,
-    invoke_cli,
     model_args,
+    run_cli_process,
     write_sample,
 )
 
@@ -45,16 +44,15 @@ def demo_model_args(demo_models) -> list[str]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def cli_standard_run(sample: Path, demo_model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> CliRun:
-    """``virnucpro -v predict s.fa --device cpu --shard-frames 8 --no-persistent-models`` with the
-    demo models, run once from an empty working directory without ``--output-dir``.
+    """``python -m virnucpro.cli -v predict s.fa --device cpu --shard-frames 8 --no-persistent-models``
+    with the demo models, run once, as users run it, from an empty directory without ``--output-dir``.
 
     The reference standard-mode run: test_cli reads it for the outputs, provenance, ``-v``,
     ``--shard-frames`` and the default output directory; test_persistent_workers compares the
-    persistent pool against it (same shards, so bit for bit).
+    persistent pool against it (same shards, so bit for bit), test_flow the flow.
     """
     cwd = tmp_path_factory.mktemp("cli-standard")
-    with contextlib.chdir(cwd):
-        run = invoke_cli(["-v", "predict", str(sample), "--device", "cpu", "--shard-frames", str(SHARD_FRAMES),
-                          "--no-persistent-models", *demo_model_args], cwd / "s_virnucpro")
-    assert run.exit_code == 0, run.output
+    run = run_cli_process(["-v", "predict", str(sample), "--device", "cpu", "--shard-frames", str(SHARD_FRAMES),
+                           "--no-persistent-models", *demo_model_args], cwd, cwd / "s_virnucpro")
+    assert run.exit_code == 0, run.output[-4000:]
     return run

@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from virnucpro.domain.outputs import OutputPaths
 
 __all__ = [
     "SAMPLE_RECORDS", "SHARD_FRAMES", "write_sample", "cpu_config", "feature_matrix", "read_text", "proc_alive", "model_args",
-    "CliRun", "invoke_cli", "captured_logs", "copy_features",
+    "CliRun", "invoke_cli", "run_cli_process", "captured_logs", "copy_features",
 ]
 
 SAMPLE_RECORDS = 16  # the session's sample: 38 frames, 5 shards of 8 (resume, faults, batches)
@@ -106,9 +109,12 @@ def captured_logs() -> Iterator[list[str]]:
         root.setLevel(level)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 @dataclass(frozen=True)
 class CliRun:
-    """One in-process ``virnucpro`` invocation: its exit code, output, logs and output directory."""
+    """One ``virnucpro`` invocation: its exit code, output, logs and output directory."""
 
     args: tuple[str, ...]
     exit_code: int
@@ -131,6 +137,15 @@ def invoke_cli(args: Sequence[str], output_dir: Path) -> CliRun:
     with captured_logs() as lines:
         result = CliRunner().invoke(cli, list(args), obj={}, catch_exceptions=False)
     return CliRun(tuple(args), result.exit_code, result.output, "\n".join(lines), output_dir)
+
+
+def run_cli_process(args: Sequence[str], cwd: Path, output_dir: Path) -> CliRun:
+    """``python -m virnucpro.cli ARGS`` in ``cwd``, as users run it; ``log`` is its stderr (the
+    CLI's logging goes there)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "virnucpro.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=600)
+    return CliRun(tuple(args), done.returncode, done.stdout + done.stderr, done.stderr, output_dir)
 
 
 def copy_features(source_dir: Path, target_dir: Path) -> Path:

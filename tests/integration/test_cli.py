@@ -1,7 +1,7 @@
 """Every CLI command and flag, each with a test that shows its effect; bad input end to end.
 
 Most tests compare against ``cli_standard_run`` (tests/integration/conftest.py): one
-``virnucpro -v predict s.fa --shard-frames 8 --no-persistent-models`` run of the session.
+``python -m virnucpro.cli -v predict s.fa --shard-frames 8 --no-persistent-models`` run of the session.
 """
 
 from __future__ import annotations
@@ -166,9 +166,9 @@ def test_default_output_dir_is_named_after_input(cli_standard_run: CliRun) -> No
 
 
 def test_verbose_flag_logs_progress(cli_standard_run: CliRun) -> None:
-    assert cli_standard_run.args[0] == "-v"  # logs captured at DEBUG, as caplog does
+    assert cli_standard_run.args[0] == "-v"
     assert cli_standard_run.exit_code == 0
-    assert "tokens/s" in cli_standard_run.log
+    assert "tokens/s" in cli_standard_run.log  # the process's stderr, where -v logging goes
 
 
 def test_gzip_input_gives_the_same_predictions(golden_tiny_dir: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

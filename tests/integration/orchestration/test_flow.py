@@ -29,6 +29,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
     ArtifactFilterKey,
 )
 
+from tests.integration.pipeline_helpers import SHARD_FRAMES, CliRun  # noqa: E402
 from virnucpro.orchestration.artifacts import (  # noqa: E402
     MEMORY_ARTIFACT_KEY,
     MEMORY_COLUMNS,
@@ -41,13 +42,9 @@ CHECKPOINTS = ("start", "after-dnabert", "after-esm", "end")
 
 
 @pytest.fixture(scope="module")
-def sample_fasta(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 8 records of the shared real genome fragments."""
-    text = (golden_tiny_dir / "shared_real.fa").read_text()
-    records = text.split(">")[1:9]
-    path = tmp_path_factory.mktemp("input") / "sample.fa"
-    path.write_text("".join(">" + r for r in records))
-    return path
+def sample_fasta(sample: Path) -> Path:
+    """The session's sample: the first 16 records of the shared real genome fragments."""
+    return sample
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +58,11 @@ def model_params(demo_models) -> dict:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def cli_output(sample_fasta: Path, model_params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``virnucpro predict`` on the same input and models (a subprocess, as users run it)."""
-    out = tmp_path_factory.mktemp("cli") / "out"
-    cmd = [
-        sys.executable, "-m", "virnucpro.cli", "predict", str(sample_fasta), "--output-dir", str(out),
-        "--dnabert-model", str(model_params["dnabert_model"]), "--esm-model", str(model_params["esm_model"]),
-        "--classifier", str(model_params["classifier"]), "--device", "cpu", "--precision", "fp32",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def cli_output(cli_standard_run: CliRun) -> Path:
+    """``virnucpro predict`` on the same input, models and shards of 8 (a subprocess, as users run
+    it): the session's standard run (tests/integration/conftest.py)."""
+    assert cli_standard_run.exit_code == 0
+    return cli_standard_run.output_dir
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +74,7 @@ def flow_runs(harness, sample_fasta: Path, model_params: dict, tmp_path_factory:
     for persistent in (True, False):
         out = tmp_path_factory.mktemp(f"flow-{persistent}") / "out"
         state = predict_flow(input_fasta=sample_fasta, output_dir=out, persistent_models=persistent,
-                             **model_params, return_state=True)
+                             shard_frames=SHARD_FRAMES, **model_params, return_state=True)
         runs[persistent] = (state, out)
     return runs
 
@@ -308,7 +298,7 @@ def test_a_killed_worker_does_not_fail_the_run(
     from flows.predict import build_config
 
     out = tmp_path / "out"
-    config = build_config(sample_fasta, out, persistent_models=True, **model_params)
+    config = build_config(sample_fasta, out, persistent_models=True, shard_frames=SHARD_FRAMES, **model_params)
     dnabert, esm, pools_opened = _killed_worker_flow(persistent_models=True, config=config)
     assert pools_opened == 1  # the pool replaced its dead worker; the run kept its pool
     assert esm.worker_restarts == 1 and esm.frames == dnabert.frames

@@ -15,6 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # (3.2 s vs 0.25 s). Set before anything imports torch (collection imports it below).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Prefect offline and quiet, before any test module imports prefect (unit and integration).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # pool threads log too
 
 
 # --- models -------------------------------------------------------------------------------

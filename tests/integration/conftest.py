@@ -1,20 +1,13 @@
-"""Integration tests: Prefect offline and quiet, the checkout importable as ``flows``, and the
-pipeline runs that several test modules read (each run once per session).
-
-Set here (before any test module imports prefect) instead of in each Prefect test module.
+"""Integration tests: the checkout importable as ``flows``, and the pipeline runs that several
+test modules read (each run once per session). Prefect's offline settings: tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # pool threads log too
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 if _REPO_ROOT not in sys.path:

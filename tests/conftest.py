@@ -9,6 +9,17 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# One CPU thread per process, here and in every worker process a test spawns (they inherit the
+# environment), unless the caller set it. The tiny models gain nothing from threads, and on a
+# shared 2-core machine OpenMP's spinning threads made an ESM-2 demo batch cost 10x the CPU time
+# (3.2 s vs 0.25 s). Set before anything imports torch (collection imports it below).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Prefect offline and quiet, before any test module imports prefect (unit and integration).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # pool threads log too
+
 
 # --- models -------------------------------------------------------------------------------
 

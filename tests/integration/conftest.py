@@ -1,13 +1,11 @@
-"""Integration tests: Prefect offline and quiet, and the checkout importable as ``flows``; one
-demo run (:class:`DemoRun`) shared by the tests of the calling options, calibration and report.
-
-The environment is set here (before any test module imports prefect) instead of in each Prefect
-test module.
+"""Integration tests: the checkout importable as ``flows``, and the pipeline runs that several
+test modules read (each run once per session): the standard CLI run, and one demo run
+(:class:`DemoRun`) shared by the tests of the calling options, calibration and report. Prefect's
+offline settings: tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -15,13 +13,47 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # pool threads log too
-
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
+
+from tests.integration.pipeline_helpers import (  # noqa: E402
+    SAMPLE_RECORDS,
+    SHARD_FRAMES,
+    CliRun,
+    model_args,
+    run_cli_process,
+    write_sample,
+)
+
+
+@pytest.fixture(scope="session")
+def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``s.fa``: the first 16 records of the golden tiny input, the input of most runs."""
+    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("sample") / "s.fa",
+                        SAMPLE_RECORDS)
+
+
+@pytest.fixture(scope="session")
+def demo_model_args(demo_models) -> list[str]:  # type: ignore[no-untyped-def]
+    return model_args(demo_models)
+
+
+@pytest.fixture(scope="session")
+def cli_standard_run(sample: Path, demo_model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    """``python -m virnucpro.cli -v predict s.fa --device cpu --shard-frames 8 --no-persistent-models``
+    with the demo models, run once, as users run it, from an empty directory.
+
+    The reference standard-mode run: test_cli reads it for the outputs, provenance, ``-v``,
+    ``--shard-frames`` and the default output directory; test_persistent_workers compares the
+    persistent pool against it (same shards, so bit for bit), test_flow the flow.
+    """
+    cwd = tmp_path_factory.mktemp("cli-standard")
+    run = run_cli_process(["-v", "predict", str(sample), "--output-dir", str(cwd / "s_virnucpro"),
+                           "--device", "cpu", "--shard-frames", str(SHARD_FRAMES),
+                           "--no-persistent-models", *demo_model_args], cwd, cwd / "s_virnucpro")
+    assert run.exit_code == 0, run.output[-4000:]
+    return run
 
 
 # --- one demo run shared by the calling-option, calibration and report tests ----------------

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import gzip
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.config import DeviceKind, ModelPaths, RunConfig
+from virnucpro.domain.outputs import OutputPaths
 
-__all__ = ["write_sample", "cpu_config", "feature_matrix", "read_text", "proc_alive"]
+__all__ = [
+    "SAMPLE_RECORDS", "SHARD_FRAMES", "write_sample", "cpu_config", "feature_matrix", "read_text", "proc_alive", "model_args",
+    "CliRun", "invoke_cli", "run_cli_process", "captured_logs", "copy_features",
+]
+
+SAMPLE_RECORDS = 16  # the session's sample: 38 frames, 5 shards of 8 (resume, faults, batches)
+SHARD_FRAMES = 8
 
 
 def write_sample(source: Path, out: Path, n_records: int, gz: bool = False) -> Path:
@@ -37,6 +53,12 @@ def cpu_config(input_fasta: Path, output_dir: Path, demo, **overrides) -> RunCon
     return RunConfig(**values)
 
 
+def model_args(demo, chunk: int = 500) -> list[str]:  # type: ignore[no-untyped-def]
+    """``virnucpro predict``'s model options for the demo models."""
+    return ["--dnabert-model", str(demo.dnabert), "--esm-model", str(demo.esm),
+            "--classifier", str(demo.classifier(chunk))]
+
+
 def feature_matrix(output_dir: Path, stage: str) -> dict[str, np.ndarray]:
     """Every frame's embedding of one stage, keyed by frame ID."""
     out: dict[str, np.ndarray] = {}
@@ -61,3 +83,77 @@ def proc_alive(pid: int) -> bool:
     except OSError:
         return False
     return False
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    """Every log record (DEBUG and up, any logger) emitted in the block, as pytest's ``caplog``
+    at DEBUG would see them; usable where ``caplog`` is not (session and module fixtures)."""
+    handler, root = _Lines(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """One ``virnucpro`` invocation: its exit code, output, logs and output directory."""
+
+    args: tuple[str, ...]
+    exit_code: int
+    output: str
+    log: str
+    output_dir: Path
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.output_dir / "run_info.json").read_text())
+
+
+def invoke_cli(args: Sequence[str], output_dir: Path) -> CliRun:
+    """``virnucpro ARGS`` through click's CliRunner, logs captured; ``output_dir`` is where the
+    run is expected to write (given in ``args`` or the default one)."""
+    from click.testing import CliRunner
+
+    from virnucpro.cli import cli
+
+    with captured_logs() as lines:
+        result = CliRunner().invoke(cli, list(args), obj={}, catch_exceptions=False)
+    return CliRun(tuple(args), result.exit_code, result.output, "\n".join(lines), output_dir)
+
+
+def run_cli_process(args: Sequence[str], cwd: Path, output_dir: Path) -> CliRun:
+    """``python -m virnucpro.cli ARGS`` in ``cwd``, as users run it; ``log`` is its stderr (the
+    CLI's logging goes there)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "virnucpro.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=600)
+    return CliRun(tuple(args), done.returncode, done.stdout + done.stderr, done.stderr, output_dir)
+
+
+def copy_features(source_dir: Path, target_dir: Path) -> Path:
+    """A new output directory holding ``source_dir``'s prepared shards and both stages' features,
+    without scores, outputs or DONE marker: a run there with the same input, chunk length and
+    shard size skips both feature stages (no worker starts) and classifies for real."""
+    source, target = OutputPaths.for_dir(source_dir), OutputPaths.for_dir(target_dir)
+    shutil.copytree(source.work_dir, target.work_dir,
+                    ignore=shutil.ignore_patterns(source.scores_dir.name, source.scores.name,
+                                                  source.done_marker.name))
+    return target_dir

@@ -1,4 +1,8 @@
-"""Every CLI command and flag, each with a test that shows its effect; bad input end to end."""
+"""Every CLI command and flag, each with a test that shows its effect; bad input end to end.
+
+Most tests compare against ``cli_standard_run`` (tests/integration/conftest.py): one
+``python -m virnucpro.cli -v predict s.fa --shard-frames 8 --no-persistent-models`` run of the session.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.pipeline_helpers import write_sample
+from tests.integration.pipeline_helpers import (
+    SAMPLE_RECORDS,
+    SHARD_FRAMES,
+    CliRun,
+    copy_features,
+    model_args,
+    write_sample,
+)
 from virnucpro.cli import cli
 
 torch = pytest.importorskip("torch")
@@ -20,23 +31,12 @@ def _invoke(*args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, list(args), obj={}, catch_exceptions=False)
 
 
-@pytest.fixture(scope="module")
-def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("cli") / "s.fa", 10)
-
-
-def _model_args(demo, chunk: int = 500) -> list[str]:  # type: ignore[no-untyped-def]
-    return ["--dnabert-model", str(demo.dnabert), "--esm-model", str(demo.esm),
-            "--classifier", str(demo.classifier(chunk))]
+_model_args = model_args
 
 
 @pytest.fixture(scope="module")
-def baseline(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("baseline")
-    result = _invoke("predict", str(sample), "--output-dir", str(out), "--device", "cpu",
-                     "--shard-frames", "8", *_model_args(demo_models))
-    assert result.exit_code == 0, result.output
-    return out
+def baseline(cli_standard_run: CliRun) -> Path:
+    return cli_standard_run.output_dir
 
 
 def _info(out: Path) -> dict:
@@ -81,11 +81,13 @@ def test_model_options_are_used_and_missing_ones_named(sample: Path, demo_models
 
 
 def test_classifier_safetensors_gives_same_predictions(sample: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    copy_features(baseline, tmp_path)  # the same features; the classifier stage runs for real
     result = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu",
                      "--shard-frames", "8", "--dnabert-model", str(demo_models.dnabert),
                      "--esm-model", str(demo_models.esm),
                      "--classifier", str(demo_models.classifiers_safetensors[500]))
     assert result.exit_code == 0, result.output
+    assert _info(tmp_path)["stages"][1]["shards_skipped"] == _info(tmp_path)["stages"][1]["shards_total"]
     assert (tmp_path / "prediction_results.txt").read_bytes() == (baseline / "prediction_results.txt").read_bytes()
     assert _info(tmp_path)["models"]["classifier"]["file"].endswith(".safetensors")
 
@@ -139,10 +141,14 @@ def test_shard_frames_sets_work_unit_size(baseline: Path) -> None:
     assert info["input"]["shards"] == -(-info["input"]["frames"] // 8)
 
 
-def test_resume_and_no_resume(sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    args = ["predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", *_model_args(demo_models)]
-    assert _invoke(*args).exit_code == 0
+def test_resume_and_no_resume(sample: Path, demo_models, cli_standard_run: CliRun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # the first run is the session's standard run (same input and flags), copied here
+    args = ["predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu",
+            "--shard-frames", str(SHARD_FRAMES), *_model_args(demo_models)]
+    assert cli_standard_run.exit_code == 0
+    __import__("shutil").copytree(cli_standard_run.output_dir, tmp_path, dirs_exist_ok=True)
     again = _info(tmp_path)
+    assert again["stages"][0]["shards_skipped"] == 0  # the first run computed every shard
     assert _invoke(*args).exit_code == 0
     resumed = _info(tmp_path)
     assert resumed["stages"][0]["shards_skipped"] == resumed["stages"][0]["shards_total"]
@@ -169,18 +175,14 @@ def test_default_output_dir_is_named_after_input(sample: Path, demo_models, tmp_
     assert list(elsewhere.iterdir()) == []
 
 
-def test_verbose_flag_logs_progress(sample: Path, demo_models, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    import logging
-
-    with caplog.at_level(logging.DEBUG):
-        result = CliRunner().invoke(cli, ["-v", "predict", str(sample), "--output-dir", str(tmp_path),
-                                          "--device", "cpu", *_model_args(demo_models)], obj={})
-    assert result.exit_code == 0
-    assert "tokens/s" in caplog.text
+def test_verbose_flag_logs_progress(cli_standard_run: CliRun) -> None:
+    assert cli_standard_run.args[0] == "-v"
+    assert cli_standard_run.exit_code == 0
+    assert "tokens/s" in cli_standard_run.log  # the process's stderr, where -v logging goes
 
 
 def test_gzip_input_gives_the_same_predictions(golden_tiny_dir: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    gz = write_sample(golden_tiny_dir / "shared_real.fa", tmp_path / "s.fa.gz", 10, gz=True)
+    gz = write_sample(golden_tiny_dir / "shared_real.fa", tmp_path / "s.fa.gz", SAMPLE_RECORDS, gz=True)
     result = _invoke("predict", str(gz), "--output-dir", str(tmp_path / "o"), "--device", "cpu",
                      "--shard-frames", "8", *_model_args(demo_models))
     assert result.exit_code == 0, result.output
@@ -261,7 +263,7 @@ def test_bad_input_fails_cleanly(case: str, demo_models, tmp_path: Path) -> None
 
 
 def test_crlf_input_gives_the_same_predictions(golden_tiny_dir: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    lf = write_sample(golden_tiny_dir / "shared_real.fa", tmp_path / "s.fa", 10)
+    lf = write_sample(golden_tiny_dir / "shared_real.fa", tmp_path / "s.fa", SAMPLE_RECORDS)
     crlf = tmp_path / "crlf" / "s.fa"
     crlf.parent.mkdir()
     crlf.write_bytes(lf.read_bytes().replace(b"\n", b"\r\n"))
@@ -271,13 +273,16 @@ def test_crlf_input_gives_the_same_predictions(golden_tiny_dir: Path, demo_model
     assert (tmp_path / "o" / "prediction_results.txt").read_bytes() == (baseline / "prediction_results.txt").read_bytes()
 
 
-def test_second_run_into_a_busy_output_dir_is_refused(sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_into_a_busy_output_dir_is_refused(sample: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from virnucpro.pipeline.output_lock import output_lock
 
+    copy_features(baseline, tmp_path)  # the run after the holder resumes: no workers to start
+    args = ["predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", "--shard-frames", "8"]
     with output_lock(tmp_path):  # another run holds the directory
-        result = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", *_model_args(demo_models))
+        result = _invoke(*args, *_model_args(demo_models))
     assert result.exit_code == 5
     assert "another VirNucPro run" in result.output and f"pid {__import__('os').getpid()}" in result.output
     assert not (tmp_path / "prediction_results.txt").exists()
-    after = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu", *_model_args(demo_models))
+    after = _invoke(*args, *_model_args(demo_models))
     assert after.exit_code == 0, after.output  # released when the holder is done
+    assert (tmp_path / "prediction_results.txt").read_bytes() == (baseline / "prediction_results.txt").read_bytes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,21 @@ log = logging.getLogger(__name__)
 
 def _one_at_a_time(embedder: DnabertEmbedder | Esm2Embedder, seqs: list[str]) -> np.ndarray:
     return torch.cat([embedder.embed([s]) for s in seqs]).numpy()
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time() -> Callable[[DnabertEmbedder | Esm2Embedder, list[str]], np.ndarray]:
+    """``_one_at_a_time``, computed once per (embedder, sequences) in this module; only for
+    embedders left as loaded (a test that changes a model calls ``_one_at_a_time`` itself)."""
+    done: dict[tuple[int, tuple[str, ...]], np.ndarray] = {}
+
+    def embed(embedder: DnabertEmbedder | Esm2Embedder, seqs: list[str]) -> np.ndarray:
+        key = (id(embedder), tuple(seqs))
+        if key not in done:
+            done[key] = _one_at_a_time(embedder, seqs)
+        return done[key]
+
+    return embed
 
 
 def _batched(embedder: DnabertEmbedder | Esm2Embedder, seqs: list[str], size: int) -> np.ndarray:
@@ -65,21 +80,21 @@ def esm2(golden_tiny_dir: Path) -> Esm2Embedder:
 
 @pytest.mark.parametrize("chunk_length", [500, 300])
 def test_dnabert_matches_golden(
-    golden_tiny_dir: Path, dnabert: DnabertEmbedder, chunk_length: int
-) -> None:
+    golden_tiny_dir: Path, dnabert: DnabertEmbedder, chunk_length: int, one_at_a_time
+) -> None:  # type: ignore[no-untyped-def]
     ref = np.load(golden_tiny_dir / f"ref_{chunk_length}_embeddings.npz")
     seqs = [str(s) for s in ref["dnabert_seqs"]]
-    ours = _one_at_a_time(dnabert, seqs)
+    ours = one_at_a_time(dnabert, seqs)
     diff = float(np.abs(ours - ref["dnabert_s"]).max())
     log.info("DNABERT-S %d: max |diff| vs golden = %.3g", chunk_length, diff)
     assert ours.shape == ref["dnabert_s"].shape
     assert diff < TOLERANCE, f"max |diff| {diff}"
 
 
-def test_dnabert_12_heads_matches_golden(golden_tiny_dir: Path, dnabert_12h: DnabertEmbedder) -> None:
+def test_dnabert_12_heads_matches_golden(golden_tiny_dir: Path, dnabert_12h: DnabertEmbedder, one_at_a_time) -> None:  # type: ignore[no-untyped-def]
     ref = np.load(golden_tiny_dir / "ref_500_dnabert_12h_embeddings.npz")
     seqs = [str(s) for s in ref["seqs"]]
-    ours = _one_at_a_time(dnabert_12h, seqs)
+    ours = one_at_a_time(dnabert_12h, seqs)
     diff = float(np.abs(ours - ref["embeddings"]).max())
     log.info("DNABERT-S 12 heads: max |diff| vs golden = %.3g", diff)
     assert diff < TOLERANCE, f"max |diff| {diff}"
@@ -110,24 +125,24 @@ def test_dnabert_wrong_alibi_slopes_do_not_match(
 
 
 @pytest.mark.parametrize("chunk_length", [500, 300])
-def test_esm2_matches_golden(golden_tiny_dir: Path, esm2: Esm2Embedder, chunk_length: int) -> None:
+def test_esm2_matches_golden(golden_tiny_dir: Path, esm2: Esm2Embedder, chunk_length: int, one_at_a_time) -> None:  # type: ignore[no-untyped-def]
     ref = np.load(golden_tiny_dir / f"ref_{chunk_length}_embeddings.npz")
     seqs = [str(s) for s in ref["esm_seqs"]]
-    ours = _one_at_a_time(esm2, seqs)
+    ours = one_at_a_time(esm2, seqs)
     diff = float(np.abs(ours - ref["esm2"]).max())
     log.info("ESM-2 %d: max |diff| vs golden = %.3g", chunk_length, diff)
     assert diff < TOLERANCE, f"max |diff| {diff}"
 
 
 def test_batched_equals_one_at_a_time(
-    golden_tiny_dir: Path, dnabert_12h: DnabertEmbedder, esm2: Esm2Embedder
-) -> None:
+    golden_tiny_dir: Path, dnabert_12h: DnabertEmbedder, esm2: Esm2Embedder, one_at_a_time
+) -> None:  # type: ignore[no-untyped-def]
     ref = np.load(golden_tiny_dir / "ref_500_embeddings.npz")
     dna = [str(s) for s in ref["dnabert_seqs"]]
     proteins = [str(s) for s in ref["esm_seqs"]]
     assert len({len(s) for s in dna[:16]}) > 1 and len({len(s) for s in proteins[:16]}) > 1
     for embedder, seqs in ((dnabert_12h, dna), (esm2, proteins)):
-        single = _one_at_a_time(embedder, seqs)
+        single = one_at_a_time(embedder, seqs)  # the golden tests' embeddings of the same lists
         for size in (16, 257):
             batched = _batched(embedder, seqs, size)
             assert float(np.abs(batched - single).max()) < TOLERANCE

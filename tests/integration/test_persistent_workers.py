@@ -8,16 +8,21 @@ the worker's ``VIRNUCPRO_FAULTS`` knob, which makes the worker really die / real
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from tests.integration.pipeline_helpers import cpu_config, feature_matrix, proc_alive, write_sample
-from virnucpro.cli import cli
+from tests.integration.pipeline_helpers import (
+    SHARD_FRAMES,
+    CliRun,
+    copy_features,
+    cpu_config,
+    feature_matrix,
+    invoke_cli,
+    proc_alive,
+)
 from virnucpro.config import DeviceKind
 from virnucpro.errors import WorkerError
 from virnucpro.pipeline.devices import WorkerDevice
@@ -42,14 +47,17 @@ def gpu(test):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("in") / "s.fa", 30)
+def standard_run(cli_standard_run: CliRun) -> dict:
+    """The session's standard-mode run (``virnucpro predict --no-persistent-models --shard-frames
+    8``, tests/integration/conftest.py): its run_info.json; its outputs are in ``output_dir``."""
+    return {**cli_standard_run.info, "output_dir": cli_standard_run.output_dir}
 
 
 @pytest.fixture(scope="module")
-def standard_run(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("standard")
-    return run_prediction(cpu_config(sample, out, demo_models, shard_frames=16), persistent_models=False)
+def persistent_run(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``run_prediction(persistent_models=True)`` on the same input and shards."""
+    out = tmp_path_factory.mktemp("persistent")
+    return run_prediction(cpu_config(sample, out, demo_models, shard_frames=SHARD_FRAMES), persistent_models=True)
 
 
 def _pool(demo_models, tmp_path: Path, devices=None) -> tuple[PersistentWorkerPool, object]:  # type: ignore[no-untyped-def]
@@ -71,20 +79,20 @@ def test_persistent_pool_initialization(demo_models, tmp_path: Path) -> None:
         assert info.ready.pid != __import__("os").getpid()
 
 
-def test_persistent_vs_standard_output_equivalence(sample: Path, demo_models, standard_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    persistent = run_prediction(cpu_config(sample, tmp_path, demo_models, shard_frames=16), persistent_models=True)
-    standard_dir = standard_run.paths.output_dir
+def test_persistent_vs_standard_output_equivalence(persistent_run, standard_run: dict) -> None:  # type: ignore[no-untyped-def]
+    persistent_dir = persistent_run.paths.output_dir
+    standard_dir = standard_run["output_dir"]
     for stage in ("dnabert", "esm"):
-        a, b = feature_matrix(standard_dir, stage), feature_matrix(tmp_path, stage)
-        assert a.keys() == b.keys() and len(a) == standard_run.prepared.n_frames > 20
+        a, b = feature_matrix(standard_dir, stage), feature_matrix(persistent_dir, stage)
+        assert a.keys() == b.keys() and len(a) == standard_run["input"]["frames"] > 20
         for frame_id in a:
             np.testing.assert_array_equal(a[frame_id], b[frame_id])  # bit for bit
     for name in OUTPUTS:
-        assert (standard_dir / name).read_bytes() == (tmp_path / name).read_bytes()
+        assert (standard_dir / name).read_bytes() == (persistent_dir / name).read_bytes()
     # persistent: one pool for both stages, each model loaded once; standard: a pool per stage
-    loads_p = [s.model_loads for s in persistent.stages]
+    loads_p = [s.model_loads for s in persistent_run.stages]
     assert loads_p[0] == loads_p[1] == {"cpu": {"dnabert": 1, "esm": 1}}
-    loads_s = [s.model_loads for s in standard_run.stages]
+    loads_s = [s["model_loads"] for s in standard_run["stages"]]
     assert loads_s == [{"cpu": {"dnabert": 1, "esm": 0}}, {"cpu": {"dnabert": 0, "esm": 1}}]
 
 
@@ -97,7 +105,7 @@ def _rss_kib(pid: int) -> int:
 
 def test_memory_management(sample: Path, demo_models, tmp_path: Path) -> None:
     """Several stage cycles on one pool: every boundary is acknowledged, memory does not grow."""
-    config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=8, persistent_models=True)
+    config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=SHARD_FRAMES, persistent_models=True)
     prepared = prepare_stage(config)
     assert len(prepared.shards) >= 4
     plan = plan_run(config, True)
@@ -139,78 +147,86 @@ def test_pool_lifecycle(demo_models, tmp_path: Path) -> None:
     assert pids2 and not any(proc_alive(p) for p in pids2)  # released after an exception too
 
 
+@pytest.fixture(scope="module")
+def cli_persistent_run(sample: Path, demo_model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> CliRun:
+    out = tmp_path_factory.mktemp("cli-persistent") / "out"
+    return invoke_cli(["-v", "predict", str(sample), "--output-dir", str(out), "--device", "cpu",
+                       *demo_model_args, "--shard-frames", str(SHARD_FRAMES), "--persistent-models"], out)
+
+
 @pytest.mark.parametrize("flag", ["--persistent-models", "--no-persistent-models"])
-def test_cli_persistent_flag(flag: str, sample: Path, demo_models, standard_run, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "out"
-    args = ["-v", "predict", str(sample), "--output-dir", str(out), "--device", "cpu",
-            "--dnabert-model", str(demo_models.dnabert), "--esm-model", str(demo_models.esm),
-            "--classifier", str(demo_models.classifier(500)), "--shard-frames", "16", flag]
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        result = CliRunner().invoke(cli, args, obj={})
-    assert result.exit_code == 0, result.output
+def test_cli_persistent_flag(flag: str, cli_persistent_run: CliRun, cli_standard_run: CliRun,
+                             persistent_run) -> None:  # type: ignore[no-untyped-def]
+    # --no-persistent-models: the session's standard run; each is compared with the other mode
+    run, other = ((cli_persistent_run, cli_standard_run.output_dir) if flag == "--persistent-models"
+                  else (cli_standard_run, persistent_run.paths.output_dir))
+    assert flag in run.args and "-v" in run.args
+    assert run.exit_code == 0, run.output
+    out = run.output_dir
     info = json.loads((out / "run_info.json").read_text())
     persistent = flag == "--persistent-models"
     assert info["persistent_models"] is persistent
-    assert (PERSISTENT_CPU_LOG_LINE in caplog.text) is persistent  # a CPU worker: no GPU memory
-    assert PERSISTENT_LOG_LINE not in caplog.text  # the GPU wording only where a GPU runs
+    assert (PERSISTENT_CPU_LOG_LINE in run.log) is persistent  # a CPU worker: no GPU memory
+    assert PERSISTENT_LOG_LINE not in run.log  # the GPU wording only where a GPU runs
     loads = [s["model_loads"]["cpu"] for s in info["stages"]]
     if persistent:
         assert loads == [{"dnabert": 1, "esm": 1}] * 2
     else:
         assert loads == [{"dnabert": 1, "esm": 0}, {"dnabert": 0, "esm": 1}]
     for name in OUTPUTS:
-        assert (out / name).read_bytes() == (standard_run.paths.output_dir / name).read_bytes()
+        assert (out / name).read_bytes() == (other / name).read_bytes()
 
 
 def test_worker_killed_mid_shard_is_replaced(sample: Path, demo_models, standard_run, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "kill-once"
     marker.touch()
     monkeypatch.setenv("VIRNUCPRO_FAULTS", json.dumps({"kill_marker": str(marker)}))
-    result = run_prediction(cpu_config(sample, tmp_path / "out", demo_models, shard_frames=16), persistent_models=True)
+    result = run_prediction(cpu_config(sample, tmp_path / "out", demo_models, shard_frames=SHARD_FRAMES), persistent_models=True)
     assert not marker.exists()  # the worker really took the SIGKILL path
     assert result.stages[0].worker_restarts == 1
     for name in OUTPUTS:  # nothing lost, nothing duplicated
-        assert (tmp_path / "out" / name).read_bytes() == (standard_run.paths.output_dir / name).read_bytes()
+        assert (tmp_path / "out" / name).read_bytes() == (standard_run["output_dir"] / name).read_bytes()
 
 
 def test_oom_halves_the_batch_and_retries(sample: Path, demo_models, standard_run, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("VIRNUCPRO_FAULTS", json.dumps({"oom_above_tokens": 600}))
     result = run_prediction(
-        cpu_config(sample, tmp_path / "out", demo_models, shard_frames=16, toks_per_batch=4096),
+        cpu_config(sample, tmp_path / "out", demo_models, shard_frames=SHARD_FRAMES, toks_per_batch=4096),
         persistent_models=True,
     )
     assert result.stages[1].oom_retries > 0  # ESM batches of >600 tokens were halved
-    esm_a = feature_matrix(standard_run.paths.output_dir, "esm")
+    esm_a = feature_matrix(standard_run["output_dir"], "esm")
     esm_b = feature_matrix(tmp_path / "out", "esm")
     for frame_id in esm_a:
         np.testing.assert_allclose(esm_a[frame_id], esm_b[frame_id], rtol=0, atol=1e-5)
     for name in ("prediction_results_highestscore.csv", "prediction_sequences.tsv"):
-        assert (tmp_path / "out" / name).read_text().splitlines()[0] == (standard_run.paths.output_dir / name).read_text().splitlines()[0]
+        assert (tmp_path / "out" / name).read_text().splitlines()[0] == (standard_run["output_dir"] / name).read_text().splitlines()[0]
 
 
 def test_shard_failing_three_times_names_its_frames(sample: Path, demo_models, standard_run, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    victim = next(iter(feature_matrix(standard_run.paths.output_dir, "dnabert")))
+    victim = next(iter(feature_matrix(standard_run["output_dir"], "dnabert")))
     monkeypatch.setenv("VIRNUCPRO_FAULTS", json.dumps({"fail_frame": victim}))
     with pytest.raises(WorkerError, match=rf"failed 3 times .*{victim}"):
-        run_prediction(cpu_config(sample, tmp_path / "out", demo_models, shard_frames=16), persistent_models=True)
+        run_prediction(cpu_config(sample, tmp_path / "out", demo_models, shard_frames=SHARD_FRAMES), persistent_models=True)
     assert not (tmp_path / "out" / "prediction_results.txt").exists()  # nothing that looks complete
 
 
 def test_resume_skips_finished_shards(sample: Path, demo_models, standard_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
-    config = cpu_config(sample, out, demo_models, shard_frames=16)
-    first = run_prediction(config)
-    assert first.stages[0].shards_skipped == 0
-    # simulate a crash after the DNABERT-S stage: drop ESM features and the outputs
+    config = cpu_config(sample, out, demo_models, shard_frames=SHARD_FRAMES)
+    # the first run is the session's standard run (same input, chunk length and shards)
+    assert standard_run["stages"][0]["shards_skipped"] == 0
+    copy_features(standard_run["output_dir"], out)
+    # simulate a crash after the DNABERT-S stage: drop ESM features and the outputs (none copied)
     for path in (out / ".virnucpro_work" / "features" / "esm").glob("*.npz"):
         path.unlink()
-    (out / "prediction_results.txt").unlink()
+    assert not (out / "prediction_results.txt").exists()
     again = run_prediction(config)
     assert again.prepared.reused
     assert again.stages[0].shards_skipped == again.stages[0].shards_total  # DNABERT not recomputed
     assert again.stages[1].shards_skipped == 0
     for name in OUTPUTS:
-        assert (out / name).read_bytes() == (standard_run.paths.output_dir / name).read_bytes()
+        assert (out / name).read_bytes() == (standard_run["output_dir"] / name).read_bytes()
 
 
 # -- GPU variants (device machine) ----------------------------------------------------------

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from virnucpro.cli import cli
 from virnucpro.config import Precision
-from virnucpro.validation import compare_embeddings, validate_precision
+from virnucpro.validation import validate_precision
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,3 @@ def test_bad_precision_list_is_a_clear_error(sample: Path, demo_models) -> None:
         "--device", "cpu", "--precisions", "bf8",
     ])
     assert result.exit_code != 0 and "bf8" in result.output
-
-
-def test_compare_embeddings() -> None:
-    import numpy as np
-
-    a = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
-    b = np.array([[1.0, 0.0], [0.0, -2.0]], dtype=np.float32)
-    agreement = compare_embeddings("x", a, b)
-    assert agreement.cosine_min == pytest.approx(-1.0) and agreement.max_abs_diff == pytest.approx(4.0)

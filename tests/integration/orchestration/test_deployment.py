@@ -9,30 +9,28 @@ from the installed package; it then says that its code is not the deployed versi
 package versions carry markers that run_info.json must show, so the code that ran is the worker
 copy's, not the developer checkout's.
 
-One server and one worker serve all deployment tests (module fixtures); everything started is
-stopped by process group in teardown. The multi-worker night is ``test_lab_night.py``.
+One worker serves all deployment tests (a module fixture), on the server that the whole package
+shares (``prefect_server`` in conftest.py); everything started is stopped by process group. The multi-worker night is ``test_lab_night.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.orchestration.server import PrefectServer, stop
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 VERSION_MARKER = "+deploytest"
 WORKER_MARKER = "+deploytest.worker"  # the worker's checkout is a later version than the deployed one
 RUN_TIMEOUT_S = 420
@@ -40,28 +38,6 @@ _IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".hypothesis",
     "build", "dist", "example_output", "runs", "out", ".carry", ".whl", ".gl", ".ruff_cache", ".mypy_cache",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process started in its own session, with everything in its process group."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @dataclass
@@ -162,47 +138,12 @@ def _records(shared_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, demo_models) -> Iterator[Site]:  # type: ignore[no-untyped-def]
+def site(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, demo_models,  # type: ignore[no-untyped-def]
+         prefect_server: PrefectServer) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("deploy")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "PYTHONPATH"}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
-        DO_NOT_TRACK="1",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_HOME=str(root / "prefect-home"),
-        PREFECT_API_URL=url,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_WORKER_QUERY_SECONDS="2",
-        PREFECT_WORKER_PREFETCH_SECONDS="5",
-        PREFECT_LOGGING_EXTRA_LOGGERS="virnucpro",
-    )
+    url, env = prefect_server.url, prefect_server.env  # the package's server (conftest.py)
     processes: list[subprocess.Popen] = []
     try:
-        server_log = root / "server.log"
-        with open(server_log, "wb") as log:
-            server = subprocess.Popen(
-                [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                 "--port", str(port)],
-                env={k: v for k, v in env.items() if k != "PREFECT_API_URL"}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
-            )
-        processes.append(server)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server_log.read_text()[-4000:]
-            assert time.monotonic() < deadline, "server did not become healthy:\n" + server_log.read_text()[-4000:]
-            time.sleep(1)
-
         # a checkout in a temp location, marked so that its code is recognisable in run_info.json
         deployed_from = root / "deploy-checkout"
         shutil.copytree(REPO_ROOT, deployed_from, ignore=_IGNORE)
@@ -243,7 +184,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, demo_models
         yield site
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop(process)
 
 
 def _model_params(demo_models) -> dict[str, object]:  # type: ignore[no-untyped-def]

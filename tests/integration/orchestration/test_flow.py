@@ -44,6 +44,7 @@ from virnucpro.orchestration.artifacts import (  # noqa: E402
 )
 from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runner  # noqa: E402
 
+SAMPLE_NAME = "s.fa"  # the session sample (tests/integration/conftest.py)
 OUTPUT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "prediction_sequences.tsv")
 CHECKPOINTS = ("start", "after-dnabert", "after-esm", "end")
 
@@ -155,7 +156,7 @@ def test_per_stage_flow_loads_one_model_per_stage(flow_runs: dict) -> None:
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-stage"])
 def test_memory_checkpoint_artifact(flow_runs: dict, persistent: bool) -> None:
     state, out = flow_runs[persistent]
-    artifacts = _artifacts(state.state_details.flow_run_id, sample_key(MEMORY_ARTIFACT_KEY, "sample.fa"))
+    artifacts = _artifacts(state.state_details.flow_run_id, sample_key(MEMORY_ARTIFACT_KEY, SAMPLE_NAME))
     assert len(artifacts) == 1
     artifact = artifacts[0]
     assert artifact.type == "table"
@@ -175,7 +176,7 @@ def test_memory_checkpoint_artifact(flow_runs: dict, persistent: bool) -> None:
 def test_prediction_summary_artifact(flow_runs: dict) -> None:
     state, out = flow_runs[True]
     run_id = state.state_details.flow_run_id
-    artifacts = _artifacts(run_id, sample_key(SUMMARY_ARTIFACT_KEY, "sample.fa"))
+    artifacts = _artifacts(run_id, sample_key(SUMMARY_ARTIFACT_KEY, SAMPLE_NAME))
     assert len(artifacts) == 1 and artifacts[0].type == "markdown"
     text = artifacts[0].data
     info = _run_info(out)
@@ -190,10 +191,10 @@ def test_prediction_summary_artifact(flow_runs: dict) -> None:
         assert section in text
     assert "|  | DNABERT-S | ESM-2 |" in text and "| workers | persistent | persistent |" in text
     assert str(out / "prediction_results.txt") in text
-    (link,) = _artifacts(run_id, sample_key(REPORT_ARTIFACT_KEY, "sample.fa"))
+    (link,) = _artifacts(run_id, sample_key(REPORT_ARTIFACT_KEY, SAMPLE_NAME))
     assert (out / "report.html").resolve().as_uri() in link.data
     for stage in ("dnabert", "esm"):  # one progress artifact per feature stage, finished
-        (progress,) = _artifacts(run_id, sample_key(f"{stage}-progress", "sample.fa"))
+        (progress,) = _artifacts(run_id, sample_key(f"{stage}-progress", SAMPLE_NAME))
         assert progress.type == "progress" and progress.data == 100.0
         assert f"{info['input']['frames']}/{info['input']['frames']} frames" in progress.description
     with get_client(sync_client=True) as client:

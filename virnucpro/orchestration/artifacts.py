@@ -4,7 +4,7 @@ Keys are per sample (``<kind>-<sample>``, slugged to Prefect's key rules by
 :func:`artifact_key`), so the Artifacts page shows one card per sample, each with its history:
 
 - ``gpu-memory-checkpoints-<sample>`` (table): one row per device per memory checkpoint
-  (checkpoint, time, device, used/total MiB, per-process MiB, torch peak per worker); on a machine
+  (checkpoint, device, used/total MiB, per-process MiB, torch peak per worker); on a machine
   without NVML one row per checkpoint saying "NVML unavailable: <why>".
 - ``prediction-summary-<sample>`` (markdown): counts, calls, throughput per stage, timings,
   memory, model checksums (the run's :class:`~virnucpro.pipeline.run_info.RunInfo`), output paths,
@@ -22,7 +22,6 @@ the artifacts in the current flow or task run.
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -62,7 +61,7 @@ NIGHTLY_ARTIFACT_KEY = "nightly-summary"
 """Key prefixes; a run's artifacts are keyed ``<prefix>-<sample>`` (:func:`sample_key`)."""
 
 MEMORY_COLUMNS = (
-    "checkpoint", "time", "device", "used_mib", "total_mib", "process_mib", "worker_peak_mib", "note",
+    "checkpoint", "device", "used_mib", "total_mib", "process_mib", "worker_peak_mib", "note",
 )
 EMPTY = "\u2014"
 """An empty cell (an em dash: a lone ``-`` renders as a list bullet in the UI)."""
@@ -87,10 +86,6 @@ def sample_key(prefix: str, input_path: Path | str) -> str:
     return artifact_key(prefix, input_stem(input_path))
 
 
-def _clock(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).strftime("%H:%M:%S")
-
-
 def _mib(value: float | None) -> float | None:
     return None if value is None else round(float(value), 1)
 
@@ -104,8 +99,7 @@ def memory_table_rows(checkpoints: Iterable[MemoryCheckpoint]) -> list[dict[str,
     """One row per device per checkpoint; a "NVML unavailable" row when no device was read."""
     rows: list[dict[str, Any]] = []
     for cp in checkpoints:
-        common = {"checkpoint": cp.name, "time": _clock(cp.time),
-                  "worker_peak_mib": _peaks_text(cp.worker_peaks_mib)}
+        common = {"checkpoint": cp.name, "worker_peak_mib": _peaks_text(cp.worker_peaks_mib)}
         if not cp.devices:
             rows.append({**common, "device": EMPTY, "used_mib": None, "total_mib": None,
                          "process_mib": EMPTY, "note": cp.note or "no device memory was read"})

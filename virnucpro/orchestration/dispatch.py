@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,8 +71,6 @@ __all__ = [
     "night_timeout",
     "dispatch_night",
 ]
-
-logger = logging.getLogger(__name__)
 
 BATCH_DEPLOYMENT = "virnucpro-batch/batch"
 GPU_POOL = "virnucpro-gpu"

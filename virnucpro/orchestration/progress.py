@@ -4,7 +4,7 @@ The engine calls back with a :class:`~virnucpro.pipeline.work_queue.Progress` wh
 were computed (including batches inside a shard still running, so a one-shard sample moves too);
 :class:`StageProgress` creates the stage's progress artifact at the first call and updates it at
 most every ``every_s`` seconds (and always at the stage's last call), so the API is not asked
-once per batch. It also logs one line per update to the run's logs.
+once per batch. (The rates are in the run's logs already: the engine logs them every 10 s.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from uuid import UUID
 
-from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from virnucpro.orchestration.artifacts import sample_key
@@ -75,4 +74,3 @@ class StageProgress:
                 self._ids[p.stage] = artifact
         else:
             update_progress_artifact(artifact, progress=percent, description=text)
-        get_run_logger().info(text)

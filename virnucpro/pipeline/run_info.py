@@ -94,11 +94,12 @@ class StageInfo:
     tokens_per_s: float
     resumed: bool = False
     fp32_recomputed: int = 0
+    duplicate_frames: int = 0
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
-        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed")}
+        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames")}
         return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property

@@ -12,7 +12,8 @@ the shard TSV format) — the workers compute those, unchanged — and :func:`ex
 shard's full feature file (every frame ID, in shard order), copying a duplicate's row from its
 representative: from the shard's own unique file, or from an earlier shard's full feature file
 (complete by then: shards are expanded in order, and a skipped shard is complete). Rows are read
-per source file when a shard needs them; the run's embeddings are never held in memory together.
+per source file when a shard needs them (the most recently used files kept up to
+:data:`SOURCE_CACHE_BYTES`); the run's embeddings are never held in memory together.
 
 Resume: a unique file is written atomically by a worker, so one found complete is not computed
 again; a shard whose full file exists is not planned at all. The ``unique/`` folder lives in the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from virnucpro.pipeline.shards import (
 )
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["DEDUPE", "UniqueShard", "plan_unique", "expand", "remove_unique"]
+__all__ = ["DEDUPE", "UniqueShard", "SourceFiles", "plan_unique", "work_done", "expand", "remove_unique"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ DEDUPE = True
 """Compute identical frames once. Internal switch (tests and the benchmark turn it off to compare)."""
 
 UNIQUE_DIR = "unique"
+SOURCE_CACHE_BYTES = 1 << 30
+"""Feature files kept in memory while shards are expanded (most recently used first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +138,42 @@ def work_done(unique: UniqueShard) -> bool:
     return features_complete(unique.out_path, unique.work_ids)
 
 
-def expand(stage: FeatureStage, unique: UniqueShard, paths: OutputPaths) -> None:
-    """Write ``unique.shard``'s full feature file from its unique file and earlier shards' files
-    (each source file read once, only the rows this shard needs kept)."""
-    needed: dict[str, list[str]] = {}
-    for _, source, source_id in unique.rows:
-        needed.setdefault(source, []).append(source_id)
+class SourceFiles:
+    """Feature files read for expansion, the most recently used kept up to ``max_bytes``
+    (duplicates of one source shard are often spread over several later shards)."""
+
+    def __init__(self, max_bytes: int = SOURCE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._files: OrderedDict[Path, tuple[dict[str, int], np.ndarray]] = OrderedDict()
+
+    def rows(self, path: Path) -> tuple[dict[str, int], np.ndarray]:
+        """The file's row index by frame ID and its checked rows."""
+        if path in self._files:
+            self._files.move_to_end(path)
+            return self._files[path]
+        file_ids = _file_ids(path)
+        matrix = load_features(path, file_ids)  # checked: readable, one finite row per ID
+        entry = ({frame_id: row for row, frame_id in enumerate(file_ids)}, matrix)
+        self._files[path] = entry
+        while len(self._files) > 1 and sum(m.nbytes for _, m in self._files.values()) > self.max_bytes:
+            self._files.popitem(last=False)
+        return entry
+
+
+def expand(stage: FeatureStage, unique: UniqueShard, paths: OutputPaths,
+           sources: SourceFiles | None = None) -> None:
+    """Write ``unique.shard``'s full feature file from its unique file and earlier shards' files."""
+    sources = sources if sources is not None else SourceFiles()
     found: dict[tuple[str, str], np.ndarray] = {}
-    for source, source_ids in needed.items():
+    for _, source, source_id in unique.rows:
+        if (source, source_id) in found:
+            continue
         if source == unique.shard.name:
             path = unique.out_path
         else:
             path = paths.feature_file(stage.value, source)
-        file_ids = _file_ids(path)
-        matrix = load_features(path, file_ids)  # checked: readable, one finite row per ID
-        index = {frame_id: row for row, frame_id in enumerate(file_ids)}
-        for frame_id in dict.fromkeys(source_ids):
-            found[(source, frame_id)] = matrix[index[frame_id]]
-        del matrix
+        index, matrix = sources.rows(path)
+        found[(source, source_id)] = matrix[index[source_id]]
     emb = np.stack([found[(source, source_id)] for _, source, source_id in unique.rows])
     save_features(paths.feature_file(stage.value, unique.shard.name), [r[0] for r in unique.rows], emb)
 

@@ -161,9 +161,10 @@ class BatchQueueManager:
             restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
             for end in handle.ended:
                 peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+        sources = dedupe.SourceFiles()
         for unique in planned:  # in shard order: a duplicate's source shard is complete already
             if unique.needs_expanding:
-                dedupe.expand(stage, unique, paths)
+                dedupe.expand(stage, unique, paths, sources)
         if planned:
             dedupe.remove_unique(paths, stage)
         duplicates = sum(u.duplicates for u in planned)

@@ -58,7 +58,8 @@ class PipelineSections:
         self.models.esm32 = None
         self.free_gpu()
 
-    def _config(self, sample: Path, out: Path, gpus: tuple[int, ...], persistent: bool) -> Any:
+    def _config(self, sample: Path, out: Path, gpus: tuple[int, ...], persistent: bool,
+                precision: Any = None) -> Any:
         from virnucpro.config import DeviceKind, ModelPaths, Precision, RunConfig
 
         return RunConfig(
@@ -66,7 +67,7 @@ class PipelineSections:
             models=ModelPaths(dnabert=self.paths["dnabert_dir"], esm=self.paths["esm_ckpt"],
                               classifier=self.paths["classifier"]),
             device=DeviceKind.CUDA if self.on_gpu else DeviceKind.CPU,
-            precision=Precision.BF16 if self.on_gpu else Precision.FP32,
+            precision=precision or (Precision.BF16 if self.on_gpu else Precision.FP32),
             gpus=gpus if self.on_gpu else None, persistent_models=persistent,
             shard_frames=self.args.shard_frames, resume=False,
         )
@@ -125,6 +126,8 @@ class PipelineSections:
                 row["pipeline_vs_esm_alone"] = row["frames_per_s"] / esm_alone
                 row["with_pool_start_vs_esm_alone"] = result.prepared.n_frames / (wall + start_s) / esm_alone
             self.row("pipeline", **row)
+            if len(gpus) == 1:
+                self.result["pipeline_1gpu_frames_per_s"] = row["frames_per_s"]
             outs[gpus] = out
             walls[gpus] = row
             self.say(f"pipeline {gpus}: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s, pool "
@@ -227,3 +230,116 @@ class PipelineSections:
             self.row("persistent", name="persistent vs standard: wall per sample",
                      speedup=(total_s / len(walls_s)) / (total_p / len(samples)))
         self.say(f"standard: {total_s:.1f} s for {len(walls_s)} samples")
+
+    # -- fast by default (issue 14) -------------------------------------------------------------
+    def _started_run(self, config: Any) -> tuple[Any, float, float]:
+        """``run_prediction`` on a pool started first: (result, wall without the start, start)."""
+        from virnucpro.pipeline.lease import PoolLease
+        from virnucpro.pipeline.plan import plan_run
+        from virnucpro.pipeline.prediction import run_prediction
+
+        lease = PoolLease.owned()
+        try:
+            plan = plan_run(config, True)
+            start_s = lease.start(list(plan.devices), plan.spec)
+            t = time.perf_counter()
+            result = run_prediction(config, lease=lease)
+            return result, time.perf_counter() - t, start_s
+        finally:
+            lease.close()
+
+    def fast_default(self) -> None:
+        """What ``virnucpro predict`` runs without --precision, as a whole process too; pool start
+        cold and warm; a sample with 30% duplicate frames against one without."""
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        from virnucpro.config import Precision
+
+        self.free_gpu()
+        sample = self.paths["sample"]
+        esm_alone = self.result.get("esm500_frames_per_s")
+        fastest = self.result.get("pipeline_1gpu_frames_per_s")  # bf16: the fastest validated
+        # 1. default precision (auto), pool started
+        result, wall, start_s = self._started_run(
+            self._config(sample, self.work / "run_auto", (0,), True, precision=Precision.AUTO))
+        row = self._pipeline_row("pipeline, default precision (auto), pool started before", result,
+                                 wall, start_s)
+        if fastest:
+            row["vs_fastest_validated_bf16"] = row["frames_per_s"] / fastest
+        if esm_alone:
+            row["pipeline_vs_esm_alone"] = row["frames_per_s"] / esm_alone
+        self.row("fast-default", **row)
+        self.say(f"default precision: {row['frames_per_s']:.0f} frames/s")
+        # 2. pool start, cold (fresh compile caches) then warm (same caches)
+        from virnucpro.pipeline.lease import PoolLease
+        from virnucpro.pipeline.plan import plan_run
+
+        caches = Path(tempfile.mkdtemp(prefix="vnp-cache-", dir=self.work))
+        saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(caches / "triton")
+        try:
+            for label in ("cold (fresh compile caches)", "warm (second start, caches warm)"):
+                lease = PoolLease.owned()
+                config = self._config(sample, self.work / "pool_start", (0,), True, precision=Precision.AUTO)
+                try:
+                    plan = plan_run(config, True)
+                    start_s = lease.start(list(plan.devices), plan.spec)
+                    loads = [(round(w.ready.load_seconds, 1)) for w in lease.pool.workers if w.ready]
+                finally:
+                    lease.close()
+                self.row("fast-default", name=f"pool start, {label}", pool_start_s=start_s,
+                         worker_load_compile_s=loads)
+                self.say(f"pool start {label}: {start_s:.1f} s")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        # 3. the whole `virnucpro predict` process (default precision, resident workers)
+        if self.args.time_limit - self.elapsed() > 90:
+            out = self.work / "run_cli"
+            cmd = [sys.executable, "-m", "virnucpro.cli", "predict", str(sample), "--output-dir", str(out),
+                   "--dnabert-model", str(self.paths["dnabert_dir"]), "--esm-model", str(self.paths["esm_ckpt"]),
+                   "--classifier", str(self.paths["classifier"]), "--persistent-models", "--no-resume",
+                   "--shard-frames", str(self.args.shard_frames)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            frames = result.prepared.n_frames
+            row = {"wall_s": wall, "frames": frames, "frames_per_s": frames / wall, "rc": proc.returncode}
+            if esm_alone:
+                row["vs_esm_alone"] = frames / wall / esm_alone
+            if proc.returncode:
+                self.note(f"virnucpro predict failed: {proc.stderr[-800:]}")
+            self.row("fast-default", name="whole `virnucpro predict` process (subprocess, default "
+                     "precision, --persistent-models)", **row)
+            self.say(f"virnucpro predict process: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s)")
+        else:
+            self.row("fast-default", name="whole `virnucpro predict` process [skipped: time]")
+        # 4. 30% duplicate frames vs none, same size
+        if self.args.time_limit - self.elapsed() > 60:
+            from bench.sample import write_fasta
+
+            n = max(10, len(self.fragments) // 4)
+            distinct = self.fragments[:n]
+            keep = distinct[: n - (3 * n) // 10]
+            dup = keep + [(f"dup{k}_{name}", seq) for k, (name, seq) in enumerate(keep[: n - len(keep)])]
+            rates = {}
+            for label, frags in (("no duplicates", distinct), ("30% duplicate records", dup)):
+                path = write_fasta(self.work / f"sample_{label.split()[0]}.fa", frags)
+                res, wall, _ = self._started_run(
+                    self._config(path, self.work / f"run_{label.split()[0]}", (0,), True, precision=Precision.AUTO))
+                rates[label] = res.prepared.n_frames / wall
+                self.row("fast-default", name=f"pipeline, {label} ({res.prepared.n_frames} frames), pool started",
+                         frames=res.prepared.n_frames, wall_s=wall, frames_per_s=rates[label],
+                         **{f"duplicate_frames_{st.stage.value}": st.duplicate_frames for st in res.stages})
+            ratio = rates["30% duplicate records"] / rates["no duplicates"]
+            self.row("fast-default", name="30% duplicates vs none: frames/s ratio", speedup=ratio)
+            self.say(f"duplicates: {ratio:.2f}x frames/s")
+        else:
+            self.row("fast-default", name="30% duplicates vs none [skipped: time]")

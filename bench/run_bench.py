@@ -366,6 +366,7 @@ class Bench(StageSections, CheckSections, PipelineSections):
             ("fit24", self.fit24, 15),
             ("write_models", self.write_models, 30),
             ("pipeline", self.pipeline, 60),
+            ("fast_default", self.fast_default, 60),
             ("pipeline_batch", self.pipeline_batch, 60),
             ("precision", self.precision, 25),
             ("baseline", self.baseline, 25),
@@ -379,6 +380,7 @@ class Bench(StageSections, CheckSections, PipelineSections):
             "profile": {"esm_alone", "dnabert_alone"},
             "pipeline": {"write_models"}, "persistent_vs_standard": {"write_models"},
             "pipeline_batch": {"write_models", "esm_alone"},
+            "fast_default": {"write_models", "esm_alone"},
         }
         if only is not None:
             only |= {"env", "sample", "models"}

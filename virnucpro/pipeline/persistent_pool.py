@@ -40,6 +40,7 @@ from typing import Any
 from virnucpro.domain.atomic import remove_stale_temps
 from virnucpro.domain.disk import DISK_ERRNOS
 from virnucpro.errors import DiskError, ModelLoadError, WorkerError
+from virnucpro.pipeline.compile_cache import compile_cache_env
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.messages import (
     BatchDone,
@@ -193,11 +194,15 @@ class PersistentWorkerPool:
             daemon=True,
         )
         with _ENV_LOCK:  # the child copies os.environ at start(); set it for this child only
-            saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")}
-            try:
+            child_env = {
                 # a CPU worker gets an empty list: it can never touch a GPU by accident
-                os.environ["CUDA_VISIBLE_DEVICES"] = info.device.cuda_visible_devices or ""
-                os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_CONF
+                "CUDA_VISIBLE_DEVICES": info.device.cuda_visible_devices or "",
+                "PYTORCH_CUDA_ALLOC_CONF": ALLOCATOR_CONF,
+                **compile_cache_env(),  # compiled kernels kept across processes (user's setting wins)
+            }
+            saved = {k: os.environ.get(k) for k in child_env}
+            try:
+                os.environ.update(child_env)
                 process.start()
             finally:
                 for key, value in saved.items():

@@ -100,11 +100,12 @@ class StageInfo:
     fp32_recomputed: int = 0
     embed_seconds: float = 0.0  # of ``seconds``: from the first shard handed to a ready worker
     worker_peak_measure: str = ""  # what ``worker_peak_mib`` measures (GPU: torch; CPU: RSS)
+    duplicate_frames: int = 0
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
-        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed")}
+        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames")}
         return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property

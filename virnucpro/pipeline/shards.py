@@ -71,13 +71,19 @@ class ShardFrame:
     dna: str
     protein: str
 
+    @property
+    def id(self) -> str:
+        """The frame ID (as :class:`~virnucpro.domain.records.Frame` names it): a shard's rows
+        can be written again with :func:`write_shard`."""
+        return self.frame_id
+
 
 def protein_tokens(protein: str) -> int:
     """ESM-2 tokens of a protein: BOS + residues (truncated at 1024) + EOS."""
     return min(len(protein), 1024) + 2
 
 
-def write_shard(path: Path, shard_id: int, frames: Iterable[Frame]) -> Shard:
+def write_shard(path: Path, shard_id: int, frames: Iterable[Frame | ShardFrame]) -> Shard:
     """Write frames as a shard file atomically and describe it."""
     n_frames = 0
     n_tokens = 0

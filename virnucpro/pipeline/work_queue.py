@@ -9,7 +9,10 @@ across samples passes its own ``lease`` (e.g. a night's pool lent to each sample
 
 Shards are submitted largest first and pulled by whichever worker is idle, so work is balanced by
 token count, not by file count. Shards whose feature file is already complete are skipped
-(resume). After a stage every shard's file is checked: one finite embedding per frame.
+(resume). A frame whose model input (DNA, protein) an earlier frame of the run already has is not
+computed again: the workers get each shard's first occurrences only, and its full feature file is
+written from them (:mod:`~virnucpro.pipeline.dedupe`). After a stage every shard's file is checked:
+one finite embedding per frame.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline import dedupe
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.messages import TaskDone, WorkerSpec
@@ -108,6 +113,7 @@ class StageReport:
     fp32_recomputed: int = 0  # frames non-finite at the run's precision, computed again in fp32
     embed_seconds: float = 0.0
     worker_peak_measure: str = ""
+    duplicate_frames: int = 0  # frames not computed: an earlier frame of the run has the same input
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -200,12 +206,14 @@ class BatchQueueManager:
         restarts = 0
         pool_start = 0.0
         embed_seconds = 0.0
-        if todo:
+        planned = dedupe.plan_unique(stage, shards, todo, paths) if todo else []
+        work = [(u.work, u.out_path) for u in planned if u.work is not None and not dedupe.work_done(u)]
+        if work:
             with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
                 pool_start = handle.start_seconds
                 restarts_before = sum(w.restarts for w in handle.pool.workers)
                 embed_started = time.perf_counter()
-                dones = self._run_on(handle.pool, stage, todo, paths)
+                dones = self._run_on(handle.pool, stage, work)
                 embed_seconds = time.perf_counter() - embed_started
             for info in handle.pool.workers:
                 peaks[info.name] = info.peak_mib
@@ -213,6 +221,13 @@ class BatchQueueManager:
             restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
             for end in handle.ended:
                 peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+        sources = dedupe.SourceFiles()
+        for unique in planned:  # in shard order: a duplicate's source shard is complete already
+            if unique.needs_expanding:
+                dedupe.expand(stage, unique, paths, sources)
+        if planned:
+            dedupe.remove_unique(paths, stage)
+        duplicates = sum(u.duplicates for u in planned)
         for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
             check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
         report = StageReport(
@@ -220,7 +235,7 @@ class BatchQueueManager:
             persistent=self.use_persistent_pool,
             shards_total=len(shards),
             shards_skipped=skipped,
-            frames=sum(d.n_frames for d in dones),
+            frames=sum(d.n_frames for d in dones) + duplicates,
             tokens=sum(d.n_tokens for d in dones),
             padded_tokens=sum(d.padded_tokens for d in dones),
             seconds=time.perf_counter() - started,
@@ -232,6 +247,7 @@ class BatchQueueManager:
             fp32_recomputed=sum(d.fp32_recomputed for d in dones),
             embed_seconds=embed_seconds,
             worker_peak_measure=WORKER_PEAK_GPU if self.spec.on_gpu else WORKER_PEAK_CPU,
+            duplicate_frames=duplicates,
         )
         logger.info("%s", report.describe())
         return report
@@ -240,13 +256,10 @@ class BatchQueueManager:
         self,
         pool: PersistentWorkerPool,
         stage: FeatureStage,
-        todo: list[Shard],
-        paths: OutputPaths,
+        todo: list[tuple[Shard, Path]],
     ) -> list[TaskDone]:
-        ordered = sorted(todo, key=lambda s: -s.n_tokens)  # largest first: balanced finish
-        futures: dict[Future, Shard] = {
-            pool.submit(stage, s.path, paths.feature_file(stage.value, s.name)): s for s in ordered
-        }
+        ordered = sorted(todo, key=lambda job: -job[0].n_tokens)  # largest first: balanced finish
+        futures: dict[Future, Shard] = {pool.submit(stage, s.path, out): s for s, out in ordered}
         dones: list[TaskDone] = []
         remaining = set(futures)
         last_report = time.perf_counter()

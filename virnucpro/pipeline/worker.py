@@ -142,19 +142,45 @@ class _Worker:
         """
         if stage in self.embedders:
             return self.embedders[stage]
+        started = time.perf_counter()
+        return self._warm(stage, self._build(stage), started, time.perf_counter())
+
+    def load_all(self, stages: tuple[FeatureStage, ...]) -> None:
+        """Load several models at once: their files are read and their weights converted and
+        copied concurrently (one thread each); compilation and warm-up then run one model after
+        the other, in this thread (``torch.compile`` is called lazily, at the warm-up, so no
+        thread but this one ever compiles)."""
+        todo = [s for s in dict.fromkeys(stages) if s not in self.embedders]
+        if len(todo) < 2:
+            for stage in todo:
+                self.load(stage)
+            return
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="load") as pool:
+            futures = {stage: pool.submit(self._build_timed, stage) for stage in todo}
+            built = {stage: future.result() for stage, future in futures.items()}
+        for stage in todo:
+            embedder, loaded = built[stage]
+            self._warm(stage, embedder, started, loaded)
+
+    def _build_timed(self, stage: FeatureStage) -> tuple[Any, float]:
+        if self.spec.on_gpu:
+            self.torch.cuda.set_device(self.device)  # per thread
+        embedder = self._build(stage)
+        return embedder, time.perf_counter()
+
+    def _build(self, stage: FeatureStage) -> Any:
         from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
 
-        started = time.perf_counter()
         compile_flag = True if self.spec.compile_models else None  # None: default per dtype
         if stage is FeatureStage.DNABERT:
-            embedder = load_dnabert_embedder(
+            return load_dnabert_embedder(
                 self.spec.dnabert_path, self.device, self.precision, compile=compile_flag
             )
-        else:
-            embedder = load_esm2_embedder(
-                self.spec.esm_path, self.device, self.precision, compile=compile_flag
-            )
-        loaded = time.perf_counter()
+        return load_esm2_embedder(self.spec.esm_path, self.device, self.precision, compile=compile_flag)
+
+    def _warm(self, stage: FeatureStage, embedder: Any, started: float, loaded: float) -> Any:
+        warm_started = time.perf_counter()
         runner = getattr(embedder, "runner", None)
         if runner is not None and runner.layer.enabled:
             embedder.warmup(
@@ -166,10 +192,10 @@ class _Worker:
         settle_heap()  # a full collection in a stage would stall the GPU queue (see heap.py)
         self.model_loads[stage.value] += 1
         self.load_seconds[stage.value] = loaded - started
-        self.compile_seconds[stage.value] = time.perf_counter() - loaded
+        self.compile_seconds[stage.value] = time.perf_counter() - warm_started
         logger.info(
             "%s: loaded %s in %.1f s (+%.1f s warm-up/compile)", self.name, stage.label,
-            loaded - started, time.perf_counter() - loaded,
+            loaded - started, self.compile_seconds[stage.value],
         )
         return embedder
 
@@ -342,8 +368,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     try:
         worker = _Worker(name, spec, results)
         started = time.perf_counter()
-        for stage in spec.preload:
-            worker.load(stage)
+        worker.load_all(tuple(spec.preload))
         device_name = "cpu"
         if spec.on_gpu:
             device_name = worker.torch.cuda.get_device_name(worker.device)

@@ -80,7 +80,8 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
     sections = result["sections"]
     assert all(v["status"] == "ok" for v in sections.values()), sections
     groups = {r["group"] for r in result["rows"]}
-    assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent", "pipeline-batch"} <= groups
+    assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent", "pipeline-batch",
+            "fast-default"} <= groups
     (batch,) = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
     assert batch["frames"] > 0 and len(batch["per_sample_s"]) == 2 and batch["vs_esm_alone"] > 0
     pipeline = next(r for r in result["rows"] if r["group"] == "pipeline")

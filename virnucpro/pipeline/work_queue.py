@@ -264,7 +264,7 @@ class BatchQueueManager:
         remaining = set(futures)
         last_report = time.perf_counter()
         compute_started = time.perf_counter()
-        frames_total = sum(s.n_frames for s in todo)
+        frames_total = sum(s.n_frames for s, _ in todo)
         last_seen: tuple[int, int] = (-1, -1)
         while remaining:
             finished, remaining = wait_futures(remaining, timeout=1.0, return_when=FIRST_COMPLETED)

@@ -18,7 +18,9 @@ skipped and a half-done one resumes from the shards already on disk.
 
 A sample that fails (e.g. an ``InputError`` for a corrupt file) is recorded with its error and the
 night goes on. The night's summary is the ``nightly-summary`` artifact and
-``<outbox>/nightly-<date>-<run>.json`` (one per night run). **The flow run ends Failed when any
+``<outbox>/nightly-<date>-<run>.json`` (one per night run), with the night report
+``nightly-<date>-<run>.html`` beside it (a row per sample with a link to its report.html, and the
+drift against earlier nights). **The flow run ends Failed when any
 sample failed or is missing** (after all others ran), naming them, so that it is noticed (Prefect
 automations, see ``deployments/automations.yaml``) instead of hiding in a Completed run.
 """
@@ -175,7 +177,7 @@ def _final_state(night: NightReport, path: Path, n_pending: int) -> dict[str, An
 _RUN = {p.name: p.default for p in RUN_PARAMETERS}
 _NIGHT_HELP = {
     "inbox": "Folder with the night's FASTA / FASTA.gz files (not searched recursively).",
-    "outbox": "Folder for one output directory per sample and nightly-<date>-<run>.json.",
+    "outbox": "Folder for one output directory per sample, nightly-<date>-<run>.json and its .html.",
     "pattern": "File-name globs of samples in the inbox.",
     "persistent_models": "One worker pool for the whole night (per GPU slot when dispatched): each GPU "
                          "worker loads each model once (default on, unlike a single run).",

@@ -117,7 +117,9 @@ def test_a_night_calls_every_sample_with_its_thresholds(first_night) -> None:  #
 def test_first_night_writes_the_night_report(first_night) -> None:  # type: ignore[no-untyped-def]
     _, report, outbox = first_night
     (page,) = outbox.glob("nightly-*.html")
-    assert page.name == f"nightly-{report['date']}.html"
+    (night_json,) = outbox.glob("nightly-*.json")
+    assert page == night_json.with_suffix(".html")  # beside the night's JSON, under its name
+    assert page.name.startswith(f"nightly-{report['date']}")
     text = page.read_text()
     for sample in report["samples"]:
         name = Path(sample["file"]).name
@@ -208,7 +210,9 @@ def test_crashed_night_resumes_without_redoing_finished_work(
     assert samples["a.fa"]["status"] == samples["c.fa.gz"]["status"] == "already-done"
     info = json.loads((crashed / "run_info.json").read_text())
     assert all(s["shards_skipped"] == s["shards_total"] for s in info["stages"])  # resumed, not recomputed
-    assert all(not s["model_loads"] for s in info["stages"])  # nothing left to embed: no worker started
+    # nothing left to embed, so no worker started: each stage reports the figures of the run that
+    # computed it, marked resumed (pipeline.steps.feature_step)
+    assert all(s["resumed"] for s in info["stages"])
     assert report["mode"] == "per-stage workers"
     original = Path(_by_name(first)["b.fasta"]["output_dir"])
     assert (crashed / "prediction_results.txt").read_bytes() == (original / "prediction_results.txt").read_bytes()

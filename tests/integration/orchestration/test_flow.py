@@ -198,7 +198,7 @@ def test_prediction_summary_artifact(flow_runs: dict) -> None:
         assert progress.type == "progress" and progress.data == 100.0
         assert f"{info['input']['frames']}/{info['input']['frames']} frames" in progress.description
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(run_id).name == "predict-sample.fa"
+        assert client.read_flow_run(run_id).name == f"predict-{SAMPLE_NAME}"
 
 
 def test_calling_parameters_act_as_the_cli_options(
@@ -385,7 +385,9 @@ def test_a_killed_worker_does_not_fail_the_run(
     config = _config(sample_fasta, out, model_params, persistent_models=True, shard_frames=SHARD_FRAMES)
     dnabert, esm, pools_opened = _killed_worker_flow(persistent_models=True, config=config)
     assert pools_opened == 1  # the pool replaced its dead worker; the run kept its pool
-    assert esm.worker_restarts == 1 and esm.frames == dnabert.frames
+    # the dead worker is replaced once: between the stages (the pool sees the death at once) or
+    # when the ESM-2 stage hands it its first shard
+    assert dnabert.worker_restarts + esm.worker_restarts <= 1 and esm.frames == dnabert.frames
     assert esm.model_loads == {"cpu": {"dnabert": 2, "esm": 2}}  # the replacement loaded both again
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
         assert (out / name).read_bytes() == (cli_output / name).read_bytes()

@@ -154,6 +154,6 @@ def copy_features(source_dir: Path, target_dir: Path) -> Path:
     shard size skips both feature stages (no worker starts) and classifies for real."""
     source, target = OutputPaths.for_dir(source_dir), OutputPaths.for_dir(target_dir)
     shutil.copytree(source.work_dir, target.work_dir,
-                    ignore=shutil.ignore_patterns(source.scores_dir.name, source.scores.name,
+                    ignore=shutil.ignore_patterns(source.scores_dir.name, source.staging_dir.name,
                                                   source.done_marker.name))
     return target_dir

@@ -88,8 +88,8 @@ class Progress:
         eta = self.eta_seconds
         left = f", {eta:.0f} s left" if eta is not None and self.frames_done < self.frames_total else ""
         return (f"{head}, {self.frames_done} frames in {self.seconds:.1f} s embedding "
-                f"({self.frames_per_s:.0f} frames/s, {self.tokens_per_s:.0f} tokens/s; "
-                f"{self.frames_done} of {self.frames_total} frames{left})")
+                f"({self.frames_per_s:.0f} frames/s, {self.tokens_per_s:.0f} tokens/s), "
+                f"{self.frames_done} of {self.frames_total} frames{left}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,9 +98,9 @@ def test_each_rate_says_what_it_covers(verbose_run) -> None:  # type: ignore[no-
                       r"getting workers ready and checking files; (\d+) frames/s over the whole stage\)", summary)
     assert match, summary
     total, embed, embed_rate, waiting, whole_rate = map(float, match.groups())
-    assert embed > 0 and waiting > 0 and abs(embed + waiting - total) <= 0.15
+    assert embed >= 0 and waiting >= 0 and abs(embed + waiting - total) <= 0.15  # printed to 0.1 s
     assert waiting >= dnabert["pool_start_seconds"] - 0.05  # the workers' start is not in the embedding rate
-    assert embed_rate == round(dnabert["frames"] / dnabert["embed_seconds"])
+    assert embed_rate == round(dnabert["frames"] / dnabert["embed_seconds"])  # from the unrounded seconds
     assert whole_rate == round(dnabert["frames"] / dnabert["seconds"]) < embed_rate
 
 

@@ -3,9 +3,10 @@ the end (tiny real models on spawned CPU workers)."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
-import pytest
 
 from tests.integration.pipeline_helpers import cpu_config, write_sample
 from virnucpro.pipeline.prediction import run_prediction
@@ -13,11 +14,11 @@ from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.work_queue import Progress
 
 
-@pytest.mark.skip(reason="timing-dependent: on an idle machine the tiny ESM-2 stage ends before the "
-                  "parent's 1-s progress poll; needs a deliberately slow batch (left for the next session)")
 def test_one_shard_sample_reports_frames_while_its_shard_runs(
-    golden_tiny_dir: Path, demo_models, tmp_path: Path  # type: ignore[no-untyped-def]
+    golden_tiny_dir: Path, demo_models, tmp_path: Path, monkeypatch  # type: ignore[no-untyped-def]
 ) -> None:
+    # each batch takes >= 0.25 s, so the shard outlasts the parent's 1-s progress poll on any machine
+    monkeypatch.setenv("VIRNUCPRO_FAULTS", json.dumps({"batch_delay_s": 0.25}))
     sample = write_sample(golden_tiny_dir / "shared_real.fa", tmp_path / "s.fa", 8)
     seen: list[Progress] = []
     config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=100_000, toks_per_batch=48,

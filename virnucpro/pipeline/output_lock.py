@@ -46,10 +46,8 @@ def _make_dirs(directory: Path) -> list[Path]:
 def _remove_if_empty(created: list[Path]) -> None:
     """Remove the directories this run created, deepest first, if they are empty."""
     for directory in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
-        try:
-            directory.rmdir()  # fails unless empty: another run's files are never touched
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # fails unless empty: another run's files are never touched
+            directory.rmdir()
 
 
 def _open_lock(lock: Path) -> int | None:

@@ -64,6 +64,7 @@ class _Faults:
     fail_frame: str | None = None
     disk_full: bool = False
     nonfinite_frame: str | None = None  # that frame's embedding comes out NaN (below fp32)
+    batch_delay_s: float = 0.0  # each batch takes at least this long (progress inside a shard)
 
     @classmethod
     def from_env(cls) -> "_Faults":
@@ -78,6 +79,7 @@ class _Faults:
             fail_frame=data.get("fail_frame"),
             disk_full=bool(data.get("disk_full", False)),
             nonfinite_frame=data.get("nonfinite_frame"),
+            batch_delay_s=float(data.get("batch_delay_s", 0.0)),
         )
 
     def wrap(self, embedder: Any) -> Any:
@@ -266,6 +268,8 @@ class _Worker:
         embedder = self.load(task.stage)
         seqs = [f.dna if task.stage is FeatureStage.DNABERT else f.protein for f in frames]
         def batch_done(n_frames: int, n_tokens: int) -> None:  # progress inside a shard
+            if self.faults.batch_delay_s:
+                time.sleep(self.faults.batch_delay_s)
             self.send(BatchDone(worker=self.name, task_id=task.task_id, n_frames=n_frames,
                                 n_tokens=n_tokens))
 

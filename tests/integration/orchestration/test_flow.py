@@ -286,11 +286,9 @@ def _discard_flow(config):  # type: ignore[no-untyped-def]
 
     lease = current_gpu_runner().lease
     plan = plan_run(config, True)
-    try:
+    with pytest.raises(RuntimeError, match="attempt failed"):
         with lease.stage_pool(list(plan.devices), plan.spec, FeatureStage.DNABERT) as broken:
             raise RuntimeError("attempt failed")
-    except RuntimeError:
-        pass
     with lease.stage_pool(list(plan.devices), plan.spec, FeatureStage.DNABERT) as fresh:
         fresh_running = fresh.pool.is_running
     return broken.pool.is_running, fresh.pool is not broken.pool, fresh_running, lease.pools_opened

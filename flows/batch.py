@@ -89,6 +89,7 @@ def _batch(
     max_gap: int = _RUN["max_gap"],
     min_region_length: int = _RUN["min_region_length"],
     calibration: Path | None = None,
+    embedding_cache: Path | None = None,
 ) -> dict[str, Any] | State:
     params = {name: value for name, value in locals().items() if name in BATCH_RUN_PARAMETERS}
     notes = start_run()

@@ -215,6 +215,7 @@ def _nightly(
     max_gap: int = _RUN["max_gap"],
     min_region_length: int = _RUN["min_region_length"],
     calibration: Path | None = None,
+    embedding_cache: Path | None = None,
     dispatch_deployments: bool = False,
     deployment: str = BATCH_DEPLOYMENT,
     gpu_pool: str = GPU_POOL,

@@ -89,6 +89,7 @@ def _predict(
     max_gap: int = _D["max_gap"],
     min_region_length: int = _D["min_region_length"],
     calibration: Path | None = None,
+    embedding_cache: Path | None = None,
 ) -> PredictionResult:
     config: RunConfig = build_config(dict(locals()))
     return predict_in_flow(config)

@@ -128,6 +128,7 @@ class RunConfig:
     max_gap: int = 1  # unscored chunks a region may bridge
     min_region_length: int = 1000  # bp; shorter provirus regions are dropped
     calibration: Path | None = None  # a file of `virnucpro calibrate`
+    embedding_cache: Path | None = None  # a directory shared by runs (virnucpro.pipeline.embedding_cache)
 
     def __post_init__(self) -> None:
         if self.chunk_length not in CHUNK_LENGTHS:

@@ -36,7 +36,7 @@ __all__ = ["BATCH_RUN_PARAMETERS", "BatchSample", "SampleRun", "run_samples", "e
 BATCH_RUN_PARAMETERS = ("persistent_models", "chunk_length", "dnabert_model", "esm_model", "classifier",
                         "device", "precision", "gpus", "toks_per_batch", "preset", "min_score",
                         "min_virus_fraction", "smooth_window", "max_gap", "min_region_length",
-                        "calibration")
+                        "calibration", "embedding_cache")
 """The run parameters a batch (or a night) hands to every sample; input and output are each
 sample's, shard size and resume keep the table's defaults. Every sample of a batch (a night) is
 called with the same thresholds, region rule and calibration."""

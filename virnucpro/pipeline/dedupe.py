@@ -15,6 +15,11 @@ representative: from the shard's own unique file, or from an earlier shard's ful
 per source file when a shard needs them (the most recently used files kept up to
 :data:`SOURCE_CACHE_BYTES`); the run's embeddings are never held in memory together.
 
+With an embedding cache (:mod:`~virnucpro.pipeline.embedding_cache`), a representative whose
+input the cache holds is read from the cache's pack instead (its rows name the pack as their
+source, :data:`~virnucpro.pipeline.embedding_cache.CACHE_SOURCE`); the rows the workers compute are
+added to the cache after the stage (:func:`add_to_cache`).
+
 Resume: a unique file is written atomically by a worker, so one found complete is not computed
 again; a shard whose full file exists is not planned at all. The ``unique/`` folder lives in the
 stage's keyed folder, so work made by another model or precision is removed with it.
@@ -34,6 +39,7 @@ import numpy as np
 
 from virnucpro.domain.disk import disk_errors
 from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline.embedding_cache import CACHE_SOURCE, EmbeddingCache, input_sha256
 from virnucpro.pipeline.shards import (
     Shard,
     ShardFrame,
@@ -45,7 +51,8 @@ from virnucpro.pipeline.shards import (
 )
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["DEDUPE", "UniqueShard", "SourceFiles", "plan_unique", "work_done", "expand", "remove_unique"]
+__all__ = ["DEDUPE", "UniqueShard", "SourceFiles", "plan_unique", "work_done", "expand", "remove_unique",
+           "add_to_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +75,18 @@ class UniqueShard:
     work: Shard | None
     out_path: Path
     rows: tuple[tuple[str, str, str], ...]
+    work_sha256: tuple[str, ...] = ()  # with a cache: the input SHA-256 of each of work_ids
 
     @property
     def duplicates(self) -> int:
-        return sum(1 for frame_id, _, source_id in self.rows if source_id != frame_id)
+        """Frames whose row is another frame's of this run (not computed, not read from a cache)."""
+        return sum(1 for frame_id, source, source_id in self.rows
+                   if source_id != frame_id and not source.startswith(CACHE_SOURCE))
+
+    @property
+    def cache_hits(self) -> int:
+        """Frames whose row is read from the embedding cache."""
+        return sum(1 for _, source, _ in self.rows if source.startswith(CACHE_SOURCE))
 
     @property
     def needs_expanding(self) -> bool:
@@ -97,38 +112,63 @@ def unique_dir(paths: OutputPaths, stage: FeatureStage) -> Path:
 
 
 def plan_unique(
-    stage: FeatureStage, shards: list[Shard], todo: Iterable[Shard], paths: OutputPaths
+    stage: FeatureStage,
+    shards: list[Shard],
+    todo: Iterable[Shard],
+    paths: OutputPaths,
+    cache: EmbeddingCache | None = None,
 ) -> list[UniqueShard]:
     """Write the representatives' work shard of each shard in ``todo`` and say where its rows
     come from. ``shards`` is every shard of the run, in order (done ones included: a frame seen
-    there is not computed again)."""
+    there is not computed again); a representative ``cache`` holds is read from it."""
     todo_ids = {s.shard_id for s in todo}
     first: dict[bytes, tuple[str, str]] = {}  # digest of the model's input -> (shard name, frame id)
     planned: list[UniqueShard] = []
     folder = unique_dir(paths, stage)
     for shard in shards:
         frames = read_shard(shard.path)
+        planning = shard.shard_id in todo_ids
+        shas = [input_sha256(stage, f) for f in frames] if cache is not None and planning else []
+        hits = cache.lookup(shas) if shas else {}
         rows: list[tuple[str, str, str]] = []
         own: list[ShardFrame] = []
-        for frame in frames:
+        own_shas: list[str] = []
+        for i, frame in enumerate(frames):
             key = _digest(_model_input(stage, frame)) if DEDUPE else b""
             seen = first.get(key) if DEDUPE else None
+            hit = hits.get(shas[i]) if seen is None and shas else None
+            if hit is not None:
+                seen = (CACHE_SOURCE + str(hit.pack), hit.sha256)
+                if DEDUPE:
+                    first[key] = seen
             if seen is None:
                 if DEDUPE:
                     first[key] = (shard.name, frame.frame_id)
                 own.append(frame)
+                own_shas.extend(shas[i:i + 1])
                 rows.append((frame.frame_id, shard.name, frame.frame_id))
             else:
                 rows.append((frame.frame_id, seen[0], seen[1]))
-        if shard.shard_id not in todo_ids:
+        if not planning:
             continue
         if len(own) == len(frames):
             planned.append(UniqueShard(shard, shard, paths.feature_file(stage.value, shard.name),
-                                       tuple(rows)))
+                                       tuple(rows), tuple(own_shas)))
             continue
         work = write_shard(folder / f"{shard.name}.tsv", shard.shard_id, own) if own else None
-        planned.append(UniqueShard(shard, work, folder / f"{shard.name}.npz", tuple(rows)))
+        planned.append(UniqueShard(shard, work, folder / f"{shard.name}.npz", tuple(rows), tuple(own_shas)))
     return planned
+
+
+def add_to_cache(cache: EmbeddingCache, planned: Iterable[UniqueShard]) -> int:
+    """Add the rows the workers computed for ``planned`` to ``cache``; the number added."""
+    added = 0
+    for unique in planned:
+        if unique.work is None or not unique.work_sha256:
+            continue
+        emb = load_features(unique.out_path, unique.work_ids)
+        added += cache.add(list(unique.work_sha256), emb)
+    return added
 
 
 def work_done(unique: UniqueShard) -> bool:
@@ -170,6 +210,8 @@ def expand(stage: FeatureStage, unique: UniqueShard, paths: OutputPaths,
             continue
         if source == unique.shard.name:
             path = unique.out_path
+        elif source.startswith(CACHE_SOURCE):
+            path = Path(source[len(CACHE_SOURCE):])
         else:
             path = paths.feature_file(stage.value, source)
         index, matrix = sources.rows(path)

@@ -134,6 +134,10 @@ RUN_PARAMETERS: tuple[RunParameter, ...] = (
     RunParameter("calibration", Path | None, "path",
                  "Calibration file of `virnucpro calibrate`: adds calibrated_virus_score and fdr to "
                  "prediction_sequences.tsv."),
+    RunParameter("embedding_cache", Path | None, "path",
+                 "Directory of embeddings shared by runs (created if missing): a frame embedded before "
+                 "by the same model file (SHA-256), precision, device kind and software version is read, "
+                 "not computed, and new embeddings are added [default: no cache]."),
 )
 
 _BY_NAME = {p.name: p for p in RUN_PARAMETERS}
@@ -217,6 +221,7 @@ def build_config(values: Mapping[str, Any], origin: ModelOrigin = "parameter") -
         max_gap=max_gap,
         min_region_length=min_region_length,
         calibration=_path(get["calibration"]),
+        embedding_cache=_path(get["embedding_cache"]),
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from virnucpro.errors import ConfigError
+from virnucpro.pipeline.embedding_cache import cache_dir_error
 from virnucpro.config import RunConfig
 from virnucpro.models.compatibility import ModelDims, check_compatibility
 from virnucpro.models.discovery import ResolvedModels, resolve_models
@@ -47,6 +49,8 @@ def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
     """Resolve the calling settings, models (and check they fit together) and devices; start
     nothing."""
     calling = calling_settings(config)  # first: a bad threshold fails before any model is looked for
+    if config.embedding_cache is not None and (problem := cache_dir_error(config.embedding_cache)):
+        raise ConfigError(problem)
     models = resolve_run_models(config)
     dims = check_compatibility(models, config.chunk_length)
     devices = tuple(plan_devices(config))

@@ -101,11 +101,14 @@ class StageInfo:
     embed_seconds: float = 0.0  # of ``seconds``: from the first shard handed to a ready worker
     worker_peak_measure: str = ""  # what ``worker_peak_mib`` measures (GPU: torch; CPU: RSS)
     duplicate_frames: int = 0
+    cache_hits: int = 0  # frames read from the embedding cache
+    cache_added: int = 0  # rows added to the embedding cache
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
-        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames")}
+        extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames", "cache_hits",
+                                            "cache_added")}
         return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property

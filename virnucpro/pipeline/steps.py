@@ -28,13 +28,14 @@ from virnucpro.config import RunConfig
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.checksums import sha256_file
 from virnucpro.models.discovery import ResolvedModels
+from virnucpro.pipeline.embedding_cache import EmbeddingCache, producer_key
 from virnucpro.pipeline.finalize import finalize_run
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.pipeline.plan import RunPlan, plan_run
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
-from virnucpro.pipeline.work_keys import claim_folder, feature_key, record_model_sha256
+from virnucpro.pipeline.work_keys import FEATURE_FORMAT_VERSION, claim_folder, feature_key, record_model_sha256
 from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
 
 __all__ = [
@@ -123,7 +124,7 @@ def feature_step(
     claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features",
                  model=model.weights_file)
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
-    report = queue.run_stage(stage, list(prepared.shards), paths)
+    report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage))
     record_model_sha256(folder, model.weights_file)  # hashed beside the stage by the checksums step
     earlier = folder / _STAGE_REPORT
     if report.shards_skipped == report.shards_total and report.shards_total:
@@ -136,6 +137,23 @@ def feature_step(
 
 
 _STAGE_REPORT = "REPORT.json"
+
+
+def _embedding_cache(plan: RunPlan, stage: FeatureStage) -> EmbeddingCache | None:
+    """The run's embedding cache for ``stage`` (None without ``--embedding-cache``). Keyed by the
+    model's SHA-256: with a cache the model file is hashed before the stage (the background
+    checksums step reads it at the same time; the file is read once)."""
+    root = plan.config.embedding_cache
+    if root is None:
+        return None
+    model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
+    tokenizer = model.tokenizer_file
+    key = producer_key(stage, model.sha256(), plan.spec.precision.value,
+                       "cuda" if plan.on_gpu else "cpu",
+                       sha256_file(tokenizer) if tokenizer is not None else None, FEATURE_FORMAT_VERSION)
+    cache = EmbeddingCache(root, key)
+    logger.info("%s: embedding cache %s", stage.label, cache.folder)
+    return cache
 
 
 def _read_stage_report(path: Any) -> StageReport | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline import dedupe
+from virnucpro.pipeline.embedding_cache import EmbeddingCache
 from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.messages import TaskDone, WorkerSpec
@@ -114,6 +115,8 @@ class StageReport:
     embed_seconds: float = 0.0
     worker_peak_measure: str = ""
     duplicate_frames: int = 0  # frames not computed: an earlier frame of the run has the same input
+    cache_hits: int = 0  # frames read from the embedding cache (--embedding-cache)
+    cache_added: int = 0  # rows this stage added to the embedding cache
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -147,6 +150,11 @@ class StageReport:
                 f"files; {self.frames_per_s:.0f} frames/s over the whole stage)")
         if self.shards_skipped:
             line += f"; {self.shards_skipped} of {self.shards_total} shards were already done"
+        if self.duplicate_frames:
+            line += f"; {self.duplicate_frames} frames were duplicates of others in the run (computed once)"
+        if self.cache_hits or self.cache_added:
+            line += (f"; embedding cache: {self.cache_hits} frames read from it, "
+                     f"{self.cache_added} new rows added")
         return line
 
 
@@ -191,8 +199,10 @@ class BatchQueueManager:
         self.close()
 
     # -- a stage ------------------------------------------------------------------------------
-    def run_stage(self, stage: FeatureStage, shards: list[Shard], paths: OutputPaths) -> StageReport:
-        """Compute ``stage`` features for every shard not already on disk; verify all of them."""
+    def run_stage(self, stage: FeatureStage, shards: list[Shard], paths: OutputPaths,
+                  cache: EmbeddingCache | None = None) -> StageReport:
+        """Compute ``stage`` features for every shard not already on disk; verify all of them.
+        Rows ``cache`` holds are read from it; the rows computed are added to it."""
         started = time.perf_counter()
         expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
         todo = [s for s in shards
@@ -206,7 +216,7 @@ class BatchQueueManager:
         restarts = 0
         pool_start = 0.0
         embed_seconds = 0.0
-        planned = dedupe.plan_unique(stage, shards, todo, paths) if todo else []
+        planned = dedupe.plan_unique(stage, shards, todo, paths, cache) if todo else []
         work = [(u.work, u.out_path) for u in planned if u.work is not None and not dedupe.work_done(u)]
         if work:
             with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
@@ -225,9 +235,11 @@ class BatchQueueManager:
         for unique in planned:  # in shard order: a duplicate's source shard is complete already
             if unique.needs_expanding:
                 dedupe.expand(stage, unique, paths, sources)
+        added = dedupe.add_to_cache(cache, planned) if cache is not None else 0
         if planned:
             dedupe.remove_unique(paths, stage)
         duplicates = sum(u.duplicates for u in planned)
+        hits = sum(u.cache_hits for u in planned)
         for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
             check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
         report = StageReport(
@@ -235,7 +247,7 @@ class BatchQueueManager:
             persistent=self.use_persistent_pool,
             shards_total=len(shards),
             shards_skipped=skipped,
-            frames=sum(d.n_frames for d in dones) + duplicates,
+            frames=sum(d.n_frames for d in dones) + duplicates + hits,
             tokens=sum(d.n_tokens for d in dones),
             padded_tokens=sum(d.padded_tokens for d in dones),
             seconds=time.perf_counter() - started,
@@ -248,6 +260,8 @@ class BatchQueueManager:
             embed_seconds=embed_seconds,
             worker_peak_measure=WORKER_PEAK_GPU if self.spec.on_gpu else WORKER_PEAK_CPU,
             duplicate_frames=duplicates,
+            cache_hits=hits,
+            cache_added=added,
         )
         logger.info("%s", report.describe())
         return report

@@ -74,7 +74,8 @@ def _by_name(report: dict) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def first_night(harness, inbox: Path, params: dict, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     outbox = tmp_path_factory.mktemp("outbox")
-    state, report = _night(inbox, outbox, params, **NIGHT_CALLING)
+    cache = tmp_path_factory.mktemp("night_cache")
+    state, report = _night(inbox, outbox, params, **NIGHT_CALLING, embedding_cache=cache)
     return state, report, outbox
 
 
@@ -112,6 +113,17 @@ def test_a_night_calls_every_sample_with_its_thresholds(first_night) -> None:  #
         assert info["thresholds"]["preset"] == NIGHT_CALLING["preset"]
         assert info["thresholds"]["min_score"] == 0.7
         assert info["regions"]["min_length"] == NIGHT_CALLING["min_region_length"]
+
+
+def test_a_night_shares_its_embedding_cache_with_every_sample(first_night) -> None:  # type: ignore[no-untyped-def]
+    _, report, _ = first_night
+    caches = set()
+    for sample in report["samples"]:
+        info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())
+        caches.add(info["parameters"]["embedding_cache"])
+        assert all(s["cache_added"] + s["cache_hits"] > 0 for s in info["stages"]), sample["file"]
+    (cache,) = caches
+    assert {p.parent.parent.name.split("-")[0] for p in Path(cache).glob("*/packs/*.npz")} == {"dnabert", "esm"}
 
 
 def test_first_night_writes_the_night_report(first_night) -> None:  # type: ignore[no-untyped-def]

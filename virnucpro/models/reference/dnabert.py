@@ -27,7 +27,12 @@ from torch import nn
 
 from virnucpro.errors import ModelLoadError
 from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
-from virnucpro.models.reference.weights import assign_state, random_state, read_torch_file
+from virnucpro.models.reference.weights import (
+    assign_state,
+    random_state,
+    read_torch_file,
+    uninitialised_embedding,
+)
 
 __all__ = [
     "DnabertConfig",
@@ -106,8 +111,8 @@ def alibi_slopes(n_heads: int) -> list[float]:
 class _Embeddings(nn.Module):
     def __init__(self, config: DnabertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.word_embeddings = uninitialised_embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = uninitialised_embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

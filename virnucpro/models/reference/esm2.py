@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.reference.weights import assign_state, random_state, read_torch_file
+from virnucpro.models.reference.weights import (
+    assign_state,
+    random_state,
+    read_torch_file,
+    uninitialised_embedding,
+)
 
 __all__ = [
     "ProteinAlphabet",
@@ -119,7 +124,10 @@ class _RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", self.default_inv_freq(head_dim))
+        layout_only = torch.empty(0).device.type == "meta"  # built to receive a checkpoint's tensors
+        # (arithmetic on meta tensors imports torch._dynamo: ~1.3 s of a CPU worker's start)
+        inv_freq = torch.empty(head_dim // 2) if layout_only else self.default_inv_freq(head_dim)
+        self.register_buffer("inv_freq", inv_freq)
 
     @staticmethod
     def default_inv_freq(head_dim: int) -> torch.Tensor:
@@ -205,7 +213,7 @@ class Esm2Encoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.alphabet = ProteinAlphabet()
-        self.embed_tokens = nn.Embedding(
+        self.embed_tokens = uninitialised_embedding(
             len(self.alphabet), spec.embed_dim, padding_idx=self.alphabet.padding_idx
         )
         self.layers = nn.ModuleList(

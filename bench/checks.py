@@ -84,6 +84,15 @@ class CheckSections:
             d16 = build_random_dnabert(m.dnabert_config, self.device, dt, seed=self.args.seed)
             candidates.append((label, Precision.FP16, Esm2Embedder(e16, compile=False),
                                DnabertEmbedder(d16, m.tokenizer, compile=False)))
+        from virnucpro.models.embedders import esm_fast_options
+        from virnucpro.models.fast.fp8 import fp8_device_problem
+
+        if not self.on_gpu or fp8_device_problem(self.device) is None:  # the CPU runs the arithmetic too
+            e8 = build_random_esm2(m.esm_spec, self.device, torch.bfloat16, seed=self.args.seed)
+            candidates.append(("fp8 (ESM-2's GEMMs in e4m3, row-wise scales; DNABERT-S bf16)", Precision.FP8,
+                               Esm2Embedder(e8, fast=True, packed=True, compile=self.on_gpu,
+                                            **esm_fast_options(Precision.FP8)),
+                               self.embedders.get("dnabert_bf16")))
         for label, precision, esm_emb, dna_emb in candidates:
             if esm_emb is None or dna_emb is None:
                 continue

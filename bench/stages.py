@@ -95,6 +95,37 @@ class StageSections:
         self.row("esm", **mix)
         self.say(f"ESM-2 compiled (mix): {mix['tokens_per_s']:.0f} tokens/s, "
                  f"{mix['pct_peak'] or 0:.1f}% of peak, padding {mix['padding_share']:.2%}")
+        self.esm_fp8_rate(p500, main)
+
+    def esm_fp8_rate(self, proteins: list[str], bf16_row: dict) -> None:
+        """``--precision fp8``'s ESM-2 stage on the same proteins, against the bf16 row (issue 17)."""
+        import torch
+
+        from virnucpro.config import Precision
+        from virnucpro.models.embedders import Esm2Embedder, esm_fast_options
+        from virnucpro.models.fast.fp8 import fp8_device_problem
+
+        m = self.models
+        problem = fp8_device_problem(self.device)
+        if problem or m.esm.layers[0].fc1.weight.dtype != torch.bfloat16:
+            self.row("esm", name=f"ESM-2 stage alone: FP8 [skipped: {problem or 'weights not bf16'}]")
+            return
+        embedder = Esm2Embedder(m.esm, fast=True, **esm_fast_options(Precision.FP8))
+        started = time.perf_counter()
+        embedder.warmup(self.warmup_tokens(m.esm_spec.embed_dim))
+        sync(self.device)
+        compile_s = time.perf_counter() - started
+        settle_heap()
+        run_embedder(embedder, proteins[:64], self.esm_budget, self.args.shard_frames)
+        _, stats = run_embedder(embedder, proteins, self.esm_budget, self.args.shard_frames)
+        row = rate_row("ESM-2 stage alone: FP8 (e4m3 GEMMs, row-wise scales), compiled; the pipeline sample",
+                       stats, esm_flops(stats["lengths"], m.esm_spec.num_layers, m.esm_spec.embed_dim),
+                       self.peak_tflops, {"compile_s": round(compile_s, 1), **packing_info(embedder)})
+        row["vs_bf16_stage"] = row["tokens_per_s"] / bf16_row["tokens_per_s"]
+        self.row("esm", **row)
+        self.say(f"ESM-2 FP8: {row['tokens_per_s']:.0f} tokens/s = {row['vs_bf16_stage']:.2f}x bf16")
+        del embedder
+        self.free_gpu()
 
     def esm_variants(self) -> None:
         """What the fast path replaced, and what it could still do, on the same subset."""

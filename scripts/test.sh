@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 . scripts/offline_env.sh
-python -m pytest -q -p no:cacheprovider --timeout=900 "$@"
+# Two test processes (CI has 2 cores; most tests wait on worker processes and servers), each taking
+# whole files (module fixtures such as the lab night's server stay in one process).
+# VIRNUCPRO_TEST_PROCESSES=0 runs everything in this process.
+python -m pytest -q -p no:cacheprovider --timeout=900 -n "${VIRNUCPRO_TEST_PROCESSES:-2}" --dist loadfile "$@"

@@ -270,7 +270,7 @@ def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: 
 
     chosen = [Precision.parse(p) for p in precisions.split(",") if p.strip()]
     if not chosen or Precision.AUTO in chosen:
-        raise ConfigError(f"--precisions '{precisions}' must list bf16, fp16 and/or fp32")
+        raise ConfigError(f"--precisions '{precisions}' must list bf16, fp16, fp8 and/or fp32")
     if max_frames < 1:
         raise ConfigError("--max-frames must be at least 1")
     models = resolve_models(dnabert_model, esm_model, classifier, int(chunk_length))
@@ -282,6 +282,10 @@ def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: 
             kind = DeviceKind.CUDA
         elif kind is DeviceKind.CUDA:
             raise ConfigError("--device cuda was requested but no GPU is visible; use --device cpu")
+    if Precision.FP8 in chosen and kind is not DeviceKind.CUDA:
+        from virnucpro.models.fast.fp8 import fp8_device_problem
+
+        raise ConfigError(fp8_device_problem("cpu") or "fp8 needs a GPU")
     result = validate_precision(
         input_fasta, models.dnabert.path, models.esm.path, models.classifier.path,
         device="cuda:0" if kind is DeviceKind.CUDA else "cpu", precisions=chosen,

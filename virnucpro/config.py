@@ -35,6 +35,7 @@ class Precision(enum.Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    FP8 = "fp8"  # ESM-2's linear layers in FP8 e4m3 (CUDA, compute capability >= 8.9), the rest bf16
 
     @classmethod
     def parse(cls, value: "str | Precision") -> "Precision":

@@ -37,9 +37,11 @@ import numpy as np
 import torch
 
 from virnucpro.config import Precision
+from virnucpro.errors import ModelLoadError
 from virnucpro.models.fast.compiled import compile_default
 from virnucpro.models.fast.dnabert import FastDnabert
 from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.fast.fp8 import fp8_device_problem
 from virnucpro.models.fast.packing import PackedBatch, pack_rows
 from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
 from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
@@ -335,6 +337,7 @@ class Esm2Embedder(_Embedder[FastEsm2]):
         residual_dtype: torch.dtype = torch.float32,
         packed: bool | None = None,
         fused_gelu: bool = False,
+        fp8: bool = False,
     ) -> None:
         self.model = model
         self.alphabet = model.alphabet
@@ -348,8 +351,10 @@ class Esm2Embedder(_Embedder[FastEsm2]):
                 compile = compile_default(self.device, self.dtype)
             self.runner = FastEsm2(
                 model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2,
-                fused_gelu=fused_gelu,
+                fused_gelu=fused_gelu, fp8=fp8,
             )  # fmt: skip
+        elif fp8:
+            raise ValueError("fp8 runs on the fast path only (CUDA)")
         self.packing = _PackedMode(_use_packed(self.runner, packed))
 
     def token_lengths(self, proteins: list[str]) -> list[int]:
@@ -433,6 +438,8 @@ def load_esm2_embedder(
     On CUDA the fast path's options follow the precision (:func:`esm_fast_options`).
     """
     device = torch.device(device)
+    if precision is Precision.FP8 and (problem := fp8_device_problem(device)):
+        raise ModelLoadError(problem)  # before 5.7 GB are read
     model = load_esm2(Path(path), device, torch_dtype(precision))
     options = esm_fast_options(precision) if device.type == "cuda" else {}
     return Esm2Embedder(model, compile=compile, **options)
@@ -445,7 +452,7 @@ def dnabert_fast_options(precision: Precision) -> dict[str, object]:
     - bf16: residual stream and layer norms in bf16 (as ESM-2's bf16 option); agreement with
       fp32 reported by the benchmark and by ``virnucpro validate-precision``.
     """
-    if precision is Precision.BF16:
+    if precision in (Precision.BF16, Precision.FP8):  # fp8 is ESM-2's only: DNABERT-S runs bf16
         return {"residual_dtype": torch.bfloat16}
     return {}
 
@@ -459,9 +466,13 @@ def esm_fast_options(precision: Precision) -> dict[str, object]:
       in bf16 (99.2k → 106.1k tokens/s on an H200, ``docs/benchmarks.md`` run D4); agreement
       with fp32 reported per option there and by ``virnucpro validate-precision``.
     - fp16: the fused GELU only (an fp16 residual stream could overflow).
+    - fp8 (opt-in, compute capability >= 8.9): bf16 as above, with the four GEMMs of each layer
+      in FP8 e4m3 (:mod:`~virnucpro.models.fast.fp8`); GELU exact.
     """
     if precision is Precision.BF16:
         return {"residual_dtype": torch.bfloat16, "fused_gelu": True}
+    if precision is Precision.FP8:
+        return {"residual_dtype": torch.bfloat16, "fp8": True}
     if precision is Precision.FP16:
         return {"fused_gelu": True}
     return {}

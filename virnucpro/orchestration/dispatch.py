@@ -20,7 +20,9 @@ hands its samples to the ``virnucpro-batch/batch`` deployment on the GPU pool:
    it) is cancelled.
 4. **Re-dispatch.** When a batch run ends, each of its samples is ``done`` (its DONE marker holds
    its hash), ``failed`` (its own predict run failed: bad input, not re-run) or lost. Lost samples
-   go again, to live slots (least loaded first), at most ``redispatch_attempts`` more times; past
+   go again, to live slots (least loaded first) — not to the slot whose batch run was just lost
+   until its queue is polled past ``slot_stale_s`` after the loss (a dead worker's queue still
+   looks polled for that long) — at most ``redispatch_attempts`` more times; past
    that, or with no live slot until the deadline, they are ``missing`` and the night fails naming
    them.
 5. **Deadline.** ``timeout_s`` (default :func:`night_timeout`, from the night's size) ends the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,6 +216,7 @@ class _Night:
         self.waiting: list[Sample] = []  # lost samples with no live slot yet
         self.history: dict[str, list[str]] = {}  # sample path -> what happened to its runs
         self.counter = 0
+        self.lost_on: dict[str, float] = {}  # queue -> when a batch run on it was lost (monotonic)
         self.lost_after_s = settings.lost_after_s if settings.lost_after_s is not None else (
             LOST_AFTER_BEATS * pool_heartbeat_s(client, settings.gpu_pool))
 
@@ -294,6 +298,8 @@ class _Night:
                 self.log.warning("batch run %s on slot %s %s", batch.name, batch.slot.label, message)
                 self._crash(batch, message)
                 batch.state, batch.message = "Crashed", message
+                if batch.slot.queue != DEFAULT_QUEUE:
+                    self.lost_on[batch.slot.queue] = time.monotonic()
                 lost += self.finish(batch)
             elif (state.is_scheduled() or state.is_pending()) and batch.slot.queue != DEFAULT_QUEUE \
                     and batch.slot.queue not in live_queues:
@@ -344,13 +350,22 @@ class _Night:
         self.waiting = []
         if not again:
             return
-        if not live:
+        trusted = self.trusted(live)
+        if not trusted:
             self.log.warning("no live GPU slot to re-dispatch %s to; waiting for a worker",
                              ", ".join(s.name for s in again))
             self.waiting = again
             return
         self.log.warning("re-dispatching %s", ", ".join(s.name for s in again))
-        self.spread(again, live)
+        self.spread(again, trusted)
+
+    def trusted(self, live: list[Slot]) -> list[Slot]:
+        """The live slots work may be re-dispatched to: not one whose batch run was lost less than
+        ``slot_stale_s`` ago. Its queue still looks polled for that long after its worker died, so
+        only a poll AFTER the window proves the worker is back (its samples then wait, rather than
+        go to a host that is gone)."""
+        now = time.monotonic()
+        return [s for s in live if now - self.lost_on.get(s.queue, -math.inf) > self.settings.slot_stale_s]
 
     def time_out(self, timeout_s: float) -> None:
         for batch in self.active:

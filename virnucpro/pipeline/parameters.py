@@ -101,7 +101,8 @@ RUN_PARAMETERS: tuple[RunParameter, ...] = (
     RunParameter("precision", PrecisionName, "choice",
                  "Encoder precision: auto (fp16 on a GPU with fp32 residual stream and layer norms, an "
                  "fp32 re-run of any non-finite embedding; fp32 on the CPU), fp32 (the original's exact "
-                 "arithmetic), bf16 or fp16.",
+                 "arithmetic), bf16, fp16, or fp8 (opt-in: ESM-2's linear layers in FP8 on GPUs of "
+                 "compute capability 8.9 or newer, the rest bf16; validate on your weights first).",
                  default=_default("precision"), choices=tuple(p.value for p in Precision)),
     RunParameter("gpus", list[int] | None, "gpus",
                  "GPU indices to use, e.g. 0,1 [default: every visible GPU]."),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from virnucpro.config import Precision, RunConfig
 from virnucpro.errors import ConfigError
-from virnucpro.pipeline.embedding_cache import cache_dir_error
-from virnucpro.config import RunConfig
 from virnucpro.models.compatibility import ModelDims, check_compatibility
 from virnucpro.models.discovery import ResolvedModels, resolve_models
+from virnucpro.models.fast.fp8 import fp8_device_problem
 from virnucpro.pipeline.calling import CallSettings, calling_settings
 from virnucpro.pipeline.devices import WorkerDevice, plan_devices
+from virnucpro.pipeline.embedding_cache import cache_dir_error
 from virnucpro.pipeline.messages import WorkerSpec
 from virnucpro.pipeline.stage import FEATURE_STAGES
 
@@ -55,6 +56,8 @@ def plan_run(config: RunConfig, persistent_models: bool) -> RunPlan:
     dims = check_compatibility(models, config.chunk_length)
     devices = tuple(plan_devices(config))
     on_gpu = any(d.is_cuda for d in devices)
+    if config.precision is Precision.FP8 and not on_gpu:  # the GPU's capability: checked by the worker
+        raise ConfigError(fp8_device_problem("cpu") or "fp8 needs a GPU")
     spec = WorkerSpec(
         dnabert_path=models.dnabert.path,
         esm_path=models.esm.path,

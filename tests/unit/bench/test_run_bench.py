@@ -82,6 +82,13 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
     groups = {r["group"] for r in result["rows"]}
     assert {"esm", "dnabert", "precision", "baseline", "pipeline", "persistent", "pipeline-batch",
             "fast-default"} <= groups
+    (fp8,) = [r for r in result["rows"] if r["group"] == "precision" and r["name"].startswith("fp8")]
+    assert 0.9 < fp8["esm_cos_min"] <= 1.0 and 0.0 <= fp8["frame_label_agreement"] <= 1.0
+    (fp8_rate,) = [r for r in result["rows"] if r["name"].startswith("ESM-2 stage alone: FP8")]
+    assert "skipped" in fp8_rate["name"] or fp8_rate["vs_bf16_stage"] > 0
+    fill, read = [r for r in result["rows"] if r["name"].startswith("pipeline, --embedding-cache")]
+    assert fill["cache_added_esm"] > 0 and fill["cache_hits_esm"] == 0
+    assert read["cache_hits_esm"] > 0 and read["cache_added_esm"] == 0
     (batch,) = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
     assert batch["frames"] > 0 and len(batch["per_sample_s"]) == 2 and batch["vs_esm_alone"] > 0
     pipeline = next(r for r in result["rows"] if r["group"] == "pipeline")

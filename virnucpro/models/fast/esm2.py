@@ -10,6 +10,8 @@ throughput (:class:`FastEsm2`; the plain module stays the CPU / fp32 reference).
   the host from the sequence lengths (equal lengths: no mask, so SDPA can use its flash kernel).
 - Optional ``residual_dtype``: the residual stream in the compute dtype instead of fp32 (halves
   the bytes of every element-wise pass; agreement measured by the benchmark).
+- Optional ``fp8`` (bf16 weights, packed batches only): the four GEMMs of every layer in FP8 e4m3
+  with row-wise scales (:mod:`.fp8`); attention, norms and the residual stream as in bf16.
 - Packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see :mod:`.packing`): no
   padding anywhere, flash attention's variable-length kernel, the q/k/v, out-proj, fc1 and fc2
   GEMMs as cuBLAS calls, rotary as one compiled pointwise kernel, residual + layer norm as one
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_efficient_attention
+from virnucpro.models.fast.fp8 import Fp8Weight, fp8_linear, gelu_quantize_rows, quantize_rows, quantize_weight
 from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
 from virnucpro.models.kernels.add_norm import add_layer_norm
 from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply_rotary
@@ -159,6 +162,7 @@ class FastEsm2:
         residual_dtype: torch.dtype = torch.float32,
         max_length: int = 1026,
         fused_gelu: bool = False,
+        fp8: bool = False,
     ) -> None:
         self.encoder = encoder
         self.spec = encoder.spec
@@ -189,6 +193,17 @@ class FastEsm2:
             esm_ffn_up_fused if fused_gelu
             else CompiledFunction(esm_ffn_up, enabled=compile, backend=backend, dynamic_dims={0: (0,)})
         )  # fmt: skip
+        if fp8 and self.dtype != torch.bfloat16:
+            raise ValueError("fp8 linear layers run beside bf16 attention and norms: load the weights in bf16")
+        self.fp8 = fp8
+        # per layer: q/k/v, out-proj, fc1, fc2 in e4m3 (quantised once, here)
+        self.fp8_weights: list[tuple[Fp8Weight, ...]] = [
+            tuple(quantize_weight(args[i], args[i + 1]) for i in (2, 4, 8, 10)) for args in self.layer_args
+        ] if fp8 else []
+        self.quantize = CompiledFunction(quantize_rows, enabled=compile and fp8, backend=backend,
+                                         dynamic_dims={0: (0,)})
+        self.gelu_quantize = CompiledFunction(gelu_quantize_rows, enabled=compile and fp8, backend=backend,
+                                              dynamic_dims={0: (0,)})
 
     @property
     def compiled_functions(self) -> list[CompiledFunction]:
@@ -196,6 +211,8 @@ class FastEsm2:
         found = [self.layer, self.packed_rotary]
         if isinstance(self.packed_ffn_up, CompiledFunction):
             found.append(self.packed_ffn_up)
+        if self.fp8:
+            found += [self.quantize, self.gelu_quantize]
         return found
 
     @staticmethod
@@ -288,17 +305,21 @@ class FastEsm2:
             norms.append((final.weight, final.bias, float(final.eps)))
             ln1_w, ln1_b = self.layer_args[0][:2]
             h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, self.eps).to(self.dtype)
-            for args, (next_w, next_b, next_eps) in zip(self.layer_args, norms):
+            for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
                 _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
-                qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
+                fp8 = self.fp8_weights[i] if self.fp8 else None
+                qkv = F.linear(h, wqkv, bqkv) if fp8 is None else fp8_linear(*self.quantize(h), fp8[0])
+                qkv = qkv.view(rows, 3, self.heads, dim // self.heads)
                 q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
-                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0)
-                x, h = add_layer_norm(x, F.linear(context.reshape(rows, dim), wo, bo),
-                                      ln2_w, ln2_b, self.eps, self.dtype)
-                g = self.packed_ffn_up(h, w1, b1)
+                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
+                attn = F.linear(context, wo, bo) if fp8 is None else fp8_linear(*self.quantize(context), fp8[1])
+                x, h = add_layer_norm(x, attn, ln2_w, ln2_b, self.eps, self.dtype)
+                if fp8 is None:
+                    down = F.linear(self.packed_ffn_up(h, w1, b1), w2, b2)
+                else:
+                    down = fp8_linear(*self.gelu_quantize(fp8_linear(*self.quantize(h), fp8[2])), fp8[3])
                 last = next_w is final.weight
-                x, h = add_layer_norm(x, F.linear(g, w2, b2), next_w, next_b, next_eps,
-                                      torch.float32 if last else self.dtype)
+                x, h = add_layer_norm(x, down, next_w, next_b, next_eps, torch.float32 if last else self.dtype)
             return h
 
     def embed_packed(self, batch: PackedBatch) -> torch.Tensor:

@@ -40,6 +40,7 @@ _DTYPES = {
     Precision.FP32: torch.float32,
     Precision.BF16: torch.bfloat16,
     Precision.FP16: torch.float16,
+    Precision.FP8: torch.bfloat16,  # weights load in bf16; ESM-2's fast path quantises its GEMMs to FP8
 }
 
 _SHOWN_KEYS = 20

@@ -1,0 +1,142 @@
+"""FP8 (e4m3) linear layers for ESM-2: the quantisation rule, the GEMM against fp32, the packed
+ESM-2 forward in FP8 against fp32 (on the CPU: ``torch._scaled_mm`` has a CPU implementation),
+and the errors on devices without FP8. ``gpu`` tests run on the device machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnucpro.config import Precision
+from virnucpro.errors import ModelLoadError
+from virnucpro.models.embedders import Esm2Embedder, esm_fast_options, load_esm2_embedder
+from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.fast.fp8 import (
+    E4M3_MAX,
+    fp8_device_problem,
+    fp8_linear,
+    gelu_quantize_rows,
+    quantize_rows,
+    quantize_weight,
+)
+from virnucpro.models.reference.esm2 import Esm2Spec, load_esm2
+
+CPU = torch.device("cpu")
+PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "MLVKAYIAKQRQWFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWY" * 3, "MKW"]
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def gpu(test):  # type: ignore[no-untyped-def]
+    return pytest.mark.gpu(_needs_cuda(test))
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.double().flatten(1), b.double().flatten(1)).min())
+
+
+def test_weights_are_scaled_per_output_channel_to_the_e4m3_range() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64) * torch.logspace(-3, 2, 48)[:, None]  # rows of very different sizes
+    q = quantize_weight(weight, torch.zeros(48))
+    assert q.q_t.dtype == torch.float8_e4m3fn and q.q_t.shape == (64, 48) and q.scale.shape == (1, 48)
+    assert not q.q_t.is_contiguous() and q.q_t.t().is_contiguous()  # column-major for _scaled_mm
+    row_max = q.q_t.float().abs().amax(dim=0)
+    assert torch.allclose(row_max, torch.full((48,), E4M3_MAX))  # every row uses the full range
+    back = q.q_t.float().t() * q.scale.t()
+    rel = (back - weight).abs() / weight.abs().amax(dim=1, keepdim=True)
+    assert float(rel.max()) < 2**-4  # e4m3: 3 mantissa bits
+    assert q.bias is not None and q.bias.dtype == torch.bfloat16
+
+
+def test_a_zero_row_quantises_to_zeros_without_nan() -> None:
+    x = torch.zeros(3, 16)
+    x[1] = torch.linspace(-1, 1, 16)
+    q, scale = quantize_rows(x)
+    assert torch.isfinite(scale).all() and bool((q[0].float() == 0).all()) and bool((q[2].float() == 0).all())
+
+
+def test_fp8_linear_agrees_with_fp32() -> None:
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(40, 128), torch.randn(96, 128) / 128**0.5, 0.1 * torch.randn(96)
+    got = fp8_linear(*quantize_rows(x), quantize_weight(weight, bias))
+    want = F.linear(x, weight, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert _cosine(got.float(), want) > 0.998
+    assert float((got.float() - want).abs().max()) < 0.1 * float(want.abs().max())
+
+
+def test_gelu_then_quantise_is_the_exact_gelu() -> None:
+    y = torch.linspace(-4, 4, 64).repeat(2, 1)
+    q, scale = gelu_quantize_rows(y)
+    assert _cosine(q.float() * scale, F.gelu(y)) > 0.999
+
+
+@pytest.fixture(scope="module")
+def esm_bf16(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A 4-layer ESM-2 of the 3B model's head size (64), bf16 and fp32 copies of the same weights."""
+    from virnucpro.models.demo import write_esm2_checkpoint
+
+    spec = Esm2Spec("esm2_t4_head64", num_layers=4, embed_dim=256, attention_heads=4)
+    path = write_esm2_checkpoint(tmp_path_factory.mktemp("esm") / "esm2_t4_head64.pt", spec, seed=3)
+    return path, load_esm2(path, CPU, torch.bfloat16), load_esm2(path, CPU, torch.float32)
+
+
+def test_packed_esm_in_fp8_agrees_with_fp32(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    _, bf16, fp32 = esm_bf16
+    reference = Esm2Embedder(fp32, fast=False).embed(PROTEINS)
+    embedder = Esm2Embedder(bf16, fast=True, compile=False, packed=True, **esm_fast_options(Precision.FP8))
+    assert embedder.packed and embedder.runner.fp8 and len(embedder.runner.fp8_weights) == 4
+    got = embedder.embed(PROTEINS)
+    bf16_only = Esm2Embedder(bf16, fast=True, compile=False, packed=True, residual_dtype=torch.bfloat16).embed(PROTEINS)
+    assert _cosine(got, reference) > 0.99  # random tiny weights; the 3B's figure is the benchmark's
+    assert _cosine(got, bf16_only) > 0.99
+    assert not torch.equal(got, bf16_only)  # the GEMMs did run in FP8
+
+
+def test_fp8_needs_bf16_weights_and_the_fast_path(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    _, _, fp32 = esm_bf16
+    with pytest.raises(ValueError, match="load the weights in bf16"):
+        FastEsm2(fp32, fp8=True)
+    with pytest.raises(ValueError, match="fast path only"):
+        Esm2Embedder(fp32, fast=False, fp8=True)
+
+
+def test_fp8_on_the_cpu_is_refused_before_the_checkpoint_is_read(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    path = esm_bf16[0]
+    problem = fp8_device_problem("cpu")
+    assert problem is not None and "compute capability 8.9" in problem and "--precision auto" in problem
+    with pytest.raises(ModelLoadError, match="needs an NVIDIA GPU with FP8 tensor cores"):
+        load_esm2_embedder(path, CPU, Precision.FP8)
+
+
+# -- device machine ---------------------------------------------------------------------------
+@gpu
+def test_gpu_fp8_gemm_agrees_with_fp32_at_esm_3b_shapes() -> None:
+    cuda = torch.device("cuda")
+    if fp8_device_problem(cuda):
+        pytest.skip(fp8_device_problem(cuda))
+    torch.manual_seed(0)
+    for n_out, n_in in ((7680, 2560), (2560, 2560), (10240, 2560), (2560, 10240)):
+        x = torch.randn(4096, n_in, device=cuda, dtype=torch.bfloat16)
+        weight = torch.randn(n_out, n_in, device=cuda, dtype=torch.bfloat16) / n_in**0.5
+        bias = 0.1 * torch.randn(n_out, device=cuda, dtype=torch.bfloat16)
+        got = fp8_linear(*quantize_rows(x), quantize_weight(weight, bias))
+        assert _cosine(got.float(), F.linear(x.float(), weight.float(), bias.float())) > 0.998, (n_out, n_in)
+
+
+@gpu
+def test_gpu_fp8_esm_agrees_and_compiles(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    cuda = torch.device("cuda")
+    if fp8_device_problem(cuda):
+        pytest.skip(fp8_device_problem(cuda))
+    path = esm_bf16[0]
+    reference = Esm2Embedder(load_esm2(path, cuda, torch.float32), fast=False).embed(PROTEINS * 3)
+    embedder = load_esm2_embedder(path, cuda, Precision.FP8)
+    embedder.warmup(2048)
+    assert embedder.packed and embedder.runner.fp8, embedder.packing.failed
+    got = embedder.embed(PROTEINS * 3)
+    assert _cosine(got, reference) > 0.99
+    assert all(f.failed is None for f in embedder.runner.compiled_functions)

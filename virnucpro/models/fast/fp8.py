@@ -1,0 +1,105 @@
+"""FP8 (e4m3) linear layers for ESM-2 on Hopper-class GPUs (``--precision fp8``, opt-in).
+
+ESM-2 3B is ~97% of the run's arithmetic and its four GEMMs per layer (q/k/v, out-proj, fc1, fc2)
+are most of that. In FP8 an H200 runs that GEMM mix at 1.66-1.77 × bf16's rate (issue 17's probe:
+``torch._scaled_mm``, M = 16,384). This module holds the arithmetic of one FP8 linear layer:
+
+- **weights** are quantised once, at load, per output channel (row-wise scales: each row of the
+  weight gets ``amax(|row|) / 448``, e4m3's largest finite value), and kept transposed, as
+  ``torch._scaled_mm`` wants its second operand (column-major);
+- **activations** are quantised per row (per token) at each call, with the same rule, by one
+  compiled pointwise function (inductor fuses the row max, the scaling and the cast into one pass);
+- the product runs in ``torch._scaled_mm`` with both scale vectors and the bias, output bf16.
+
+Attention, layer norms, rotary and the residual stream are those of the bf16 path; only the four
+linear layers change. Agreement with fp32 is measured like the other precisions (benchmark rows
+and ``virnucpro validate-precision``); the README says to validate on one's own weights first.
+
+Requirements: CUDA compute capability ≥ 8.9 (Ada, Hopper and newer: FP8 tensor cores), checked
+by :func:`fp8_device_problem` before a model is loaded. The arithmetic also runs on the CPU
+(``torch._scaled_mm`` has a CPU implementation), which is how the CPU test suite checks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "E4M3_MAX",
+    "FP8_MIN_CAPABILITY",
+    "Fp8Weight",
+    "quantize_weight",
+    "quantize_rows",
+    "gelu_quantize_rows",
+    "fp8_linear",
+    "fp8_device_problem",
+]
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
+FP8_MIN_CAPABILITY = (8, 9)
+_TINY = 1e-12  # an all-zero row gets this scale (its quantised values are 0 either way)
+
+
+@dataclass(frozen=True, slots=True)
+class Fp8Weight:
+    """One linear layer in FP8: ``q_t`` is the e4m3 weight transposed (``[in, out]``,
+    column-major), ``scale`` its per-output-channel scales ``[1, out]`` fp32, ``bias`` bf16."""
+
+    q_t: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    @property
+    def out_features(self) -> int:
+        return int(self.q_t.shape[1])
+
+
+def _row_scale(x: torch.Tensor) -> torch.Tensor:
+    return (x.abs().amax(dim=-1, keepdim=True).float() / E4M3_MAX).clamp(min=_TINY)
+
+
+def quantize_weight(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Fp8Weight:
+    """Row-wise e4m3 quantisation of a ``[out, in]`` weight (done once, at load)."""
+    with torch.no_grad():
+        scale = _row_scale(weight)  # [out, 1]
+        q = (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+        return Fp8Weight(q_t=q.t(), scale=scale.t().contiguous(),
+                         bias=None if bias is None else bias.to(torch.bfloat16))
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row e4m3 quantisation of ``x [N, K]``: (``q`` e4m3 ``[N, K]``, ``scale`` ``[N, 1]`` fp32)."""
+    scale = _row_scale(x)
+    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return q, scale
+
+
+def gelu_quantize_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fc1's exact (erf) GELU, then :func:`quantize_rows`: compiled, the 4·D-wide activation is
+    read once and written once, in e4m3 (half the bytes of bf16)."""
+    return quantize_rows(torch.nn.functional.gelu(y.float()))
+
+
+def fp8_linear(q: torch.Tensor, scale: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:
+    """``x @ W.T + b`` from quantised rows ``(q, scale)`` of ``x`` and an :class:`Fp8Weight`; bf16."""
+    return torch._scaled_mm(q, weight.q_t, scale_a=scale, scale_b=weight.scale, bias=weight.bias,
+                            out_dtype=torch.bfloat16)
+
+
+def fp8_device_problem(device: torch.device | str) -> str | None:
+    """Why ``device`` cannot run ``--precision fp8`` (None: it can)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (f"--precision fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability "
+                f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer: L4, L40S, H100, H200); this "
+                f"run is on {device.type}. Use --precision auto (fp16 on a GPU, fp32 on the CPU)")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        return (f"--precision fp8 needs compute capability {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} "
+                f"or newer (FP8 tensor cores); {name} has {capability[0]}.{capability[1]}. Use "
+                "--precision bf16 or fp16")
+    return None

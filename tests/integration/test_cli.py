@@ -109,6 +109,18 @@ def test_gpus_without_gpu_is_a_clear_error(sample: Path, demo_models, tmp_path: 
     assert bad.exit_code == 2 and "comma-separated" in bad.output
 
 
+def test_precision_fp8_on_the_cpu_is_a_clear_error_before_any_work(sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    result = _invoke("predict", str(sample), "--output-dir", str(out), "--device", "cpu", "--precision", "fp8",
+                     *_model_args(demo_models))
+    assert result.exit_code == 2
+    assert "compute capability 8.9" in result.output and "--precision auto" in result.output
+    assert not (out / "prediction_results.txt").exists() and not (out / ".virnucpro_work").exists()
+    check = _invoke("validate-precision", str(sample), "--device", "cpu", "--precisions", "fp8",
+                    *_model_args(demo_models))
+    assert check.exit_code == 2 and "FP8 tensor cores" in check.output
+
+
 def test_precision_bf16_is_applied(sample: Path, demo_models, baseline: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = _invoke("predict", str(sample), "--output-dir", str(tmp_path), "--device", "cpu",
                      "--precision", "bf16", "--shard-frames", "8", *_model_args(demo_models))

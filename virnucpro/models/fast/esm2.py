@@ -29,6 +29,7 @@ from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_effic
 from virnucpro.models.fast.fp8 import Fp8Weight, fp8_linear, gelu_quantize_rows, quantize_rows, quantize_weight
 from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
 from virnucpro.models.kernels.add_norm import add_layer_norm
+from virnucpro.models.kernels.fp8_rows import add_layer_norm_fp8
 from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply_rotary
 
 __all__ = [
@@ -304,23 +305,45 @@ class FastEsm2:
             norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:]]
             norms.append((final.weight, final.bias, float(final.eps)))
             ln1_w, ln1_b = self.layer_args[0][:2]
-            h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, self.eps).to(self.dtype)
+            h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, self.eps)
+            if self.fp8:
+                return self._forward_packed_fp8(x, self.quantize(h), cos, sin, batch, norms)
+            h = h.to(self.dtype)
             for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
                 _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
-                fp8 = self.fp8_weights[i] if self.fp8 else None
-                qkv = F.linear(h, wqkv, bqkv) if fp8 is None else fp8_linear(*self.quantize(h), fp8[0])
-                qkv = qkv.view(rows, 3, self.heads, dim // self.heads)
+                qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
                 q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
-                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
-                attn = F.linear(context, wo, bo) if fp8 is None else fp8_linear(*self.quantize(context), fp8[1])
-                x, h = add_layer_norm(x, attn, ln2_w, ln2_b, self.eps, self.dtype)
-                if fp8 is None:
-                    down = F.linear(self.packed_ffn_up(h, w1, b1), w2, b2)
-                else:
-                    down = fp8_linear(*self.gelu_quantize(fp8_linear(*self.quantize(h), fp8[2])), fp8[3])
+                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0)
+                x, h = add_layer_norm(x, F.linear(context.reshape(rows, dim), wo, bo),
+                                      ln2_w, ln2_b, self.eps, self.dtype)
+                g = self.packed_ffn_up(h, w1, b1)
                 last = next_w is final.weight
-                x, h = add_layer_norm(x, down, next_w, next_b, next_eps, torch.float32 if last else self.dtype)
+                x, h = add_layer_norm(x, F.linear(g, w2, b2), next_w, next_b, next_eps,
+                                      torch.float32 if last else self.dtype)
             return h
+
+    def _forward_packed_fp8(self, x: torch.Tensor, h: tuple[torch.Tensor, torch.Tensor], cos: torch.Tensor,
+                            sin: torch.Tensor, batch: PackedBatch,
+                            norms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+        """:meth:`forward_packed` with the four GEMMs in FP8: ``h`` is the first layer's norm output,
+        quantised (e4m3 rows, scales); every later norm writes its output quantised in the same
+        Triton pass (:func:`~virnucpro.models.kernels.fp8_rows.add_layer_norm_fp8`)."""
+        rows, dim = x.shape
+        final = self.encoder.emb_layer_norm_after
+        out = h[0]
+        for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
+            ln2_w, ln2_b = args[6], args[7]
+            w_qkv, w_out, w_fc1, w_fc2 = self.fp8_weights[i]
+            qkv = fp8_linear(*h, w_qkv).view(rows, 3, self.heads, dim // self.heads)
+            q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
+            context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
+            x, *h = add_layer_norm_fp8(x, fp8_linear(*self.quantize(context), w_out), ln2_w, ln2_b, self.eps)
+            down = fp8_linear(*self.gelu_quantize(fp8_linear(*h, w_fc1)), w_fc2)
+            if next_w is final.weight:
+                x, out = add_layer_norm(x, down, next_w, next_b, next_eps, torch.float32)
+            else:
+                x, *h = add_layer_norm_fp8(x, down, next_w, next_b, next_eps)
+        return out
 
     def embed_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Mean over residues (BOS/EOS left out) per sequence, fp32 ``[B, D]``."""

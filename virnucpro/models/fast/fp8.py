@@ -7,8 +7,10 @@ are most of that. In FP8 an H200 runs that GEMM mix at 1.66-1.77 × bf16's rate 
 - **weights** are quantised once, at load, per output channel (row-wise scales: each row of the
   weight gets ``amax(|row|) / 448``, e4m3's largest finite value), and kept transposed, as
   ``torch._scaled_mm`` wants its second operand (column-major);
-- **activations** are quantised per row (per token) at each call, with the same rule, by one
-  compiled pointwise function (inductor fuses the row max, the scaling and the cast into one pass);
+- **activations** are quantised per row (per token) with the same rule
+  (:mod:`~virnucpro.models.kernels.fp8_rows`): after a residual + layer norm inside that Triton
+  pass (the norm's output is written in e4m3 with its scales, never in bf16), fc1's output
+  together with its GELU in one compiled pointwise pass, the attention output in one compiled pass;
 - the product runs in ``torch._scaled_mm`` with both scale vectors and the bias, output bf16.
 
 Attention, layer norms, rotary and the residual stream are those of the bf16 path; only the four
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, quantize_rows, row_scale
+
 __all__ = [
     "E4M3_MAX",
     "FP8_MIN_CAPABILITY",
@@ -37,10 +41,7 @@ __all__ = [
     "fp8_device_problem",
 ]
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 FP8_MIN_CAPABILITY = (8, 9)
-_TINY = 1e-12  # an all-zero row gets this scale (its quantised values are 0 either way)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +58,13 @@ class Fp8Weight:
         return int(self.q_t.shape[1])
 
 
-def _row_scale(x: torch.Tensor) -> torch.Tensor:
-    return (x.abs().amax(dim=-1, keepdim=True).float() / E4M3_MAX).clamp(min=_TINY)
-
-
 def quantize_weight(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Fp8Weight:
     """Row-wise e4m3 quantisation of a ``[out, in]`` weight (done once, at load)."""
     with torch.no_grad():
-        scale = _row_scale(weight)  # [out, 1]
+        scale = row_scale(weight)  # [out, 1]
         q = (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
         return Fp8Weight(q_t=q.t(), scale=scale.t().contiguous(),
                          bias=None if bias is None else bias.to(torch.bfloat16))
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row e4m3 quantisation of ``x [N, K]``: (``q`` e4m3 ``[N, K]``, ``scale`` ``[N, 1]`` fp32)."""
-    scale = _row_scale(x)
-    q = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return q, scale
 
 
 def gelu_quantize_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

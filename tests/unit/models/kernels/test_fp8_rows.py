@@ -1,0 +1,73 @@
+"""Per-row e4m3 quantisation and the fused residual + layer norm + quantisation pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnucpro.models.kernels.fp8_rows import (
+    E4M3_MAX,
+    add_layer_norm_fp8,
+    add_layer_norm_fp8_reference,
+    quantize_rows,
+    triton_add_norm_fp8_available,
+)
+
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def gpu(test):  # type: ignore[no-untyped-def]
+    return pytest.mark.gpu(_needs_cuda(test))
+
+
+def _inputs(rows: int, dim: int, device: str, dtype: torch.dtype = torch.bfloat16):  # type: ignore[no-untyped-def]
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows, dim, generator=g, device=device).to(dtype)
+    y = torch.randn(rows, dim, generator=g, device=device).to(dtype)
+    w = 1 + 0.1 * torch.randn(dim, generator=g, device=device)
+    b = 0.1 * torch.randn(dim, generator=g, device=device)
+    return x, y, w, b
+
+
+def test_each_row_fills_the_e4m3_range_and_dequantises_closely() -> None:
+    x = torch.randn(5, 300) * torch.tensor([1e-3, 1.0, 50.0, 1e3, 0.0])[:, None]
+    q, scale = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (5, 1)
+    full = q.float().abs().amax(dim=1)
+    assert torch.allclose(full[:4], torch.full((4,), E4M3_MAX)) and float(full[4]) == 0.0
+    back = q.float() * scale
+    assert float(((back - x).abs() / x.abs().amax(dim=1, keepdim=True).clamp(min=1e-30))[:4].max()) < 2**-4
+
+
+def test_the_reference_is_the_residual_sum_then_the_fp32_norm_quantised() -> None:
+    x, y, w, b = _inputs(7, 96, "cpu")
+    expected_x = (x + y).to(x.dtype)
+    h = F.layer_norm(expected_x.float(), (96,), w, b, 1e-5)
+    got_x, q, scale = add_layer_norm_fp8_reference(x.clone(), y, w, b, 1e-5)
+    assert torch.equal(got_x, expected_x)
+    assert torch.equal(q.float(), quantize_rows(h)[0].float()) and torch.equal(scale, quantize_rows(h)[1])
+
+
+def test_without_cuda_the_fused_call_is_the_reference() -> None:
+    x, y, w, b = _inputs(4, 64, "cpu")
+    fused = add_layer_norm_fp8(x.clone(), y, w, b, 1e-5)
+    ref = add_layer_norm_fp8_reference(x.clone(), y, w, b, 1e-5)
+    assert all(torch.equal(a.float(), r.float()) for a, r in zip(fused, ref))
+
+
+@gpu
+@pytest.mark.parametrize("rows,dim", [(1, 2560), (257, 2560), (4099, 2560), (33, 40)])
+def test_gpu_kernel_matches_the_reference(rows: int, dim: int) -> None:
+    if not triton_add_norm_fp8_available():
+        pytest.skip("Triton kernel not available")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("e4m3 stores need compute capability 8.9")
+    x, y, w, b = _inputs(rows, dim, "cuda")
+    kx, kq, ks = add_layer_norm_fp8(x.clone(), y, w, b, 1e-5)
+    rx, rq, rs = add_layer_norm_fp8_reference(x.clone(), y, w, b, 1e-5)
+    assert torch.equal(kx, rx)
+    assert torch.allclose(ks, rs, rtol=1e-5, atol=0)
+    # the same e4m3 value, or its neighbour where fp32 summation order moved a value across a tie
+    assert float((kq.float() * ks - rq.float() * rs).abs().max()) <= float(rs.max()) * 32 + 1e-6
+    assert float((kq.float() != rq.float()).float().mean()) < 0.01

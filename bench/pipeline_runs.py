@@ -289,10 +289,11 @@ class PipelineSections:
                     plan = plan_run(config, True)
                     start_s = lease.start(list(plan.devices), plan.spec)
                     loads = [(round(w.ready.load_seconds, 1)) for w in lease.pool.workers if w.ready]
+                    phases = [w.start_phases for w in lease.pool.workers]
                 finally:
                     lease.close()
                 self.row("fast-default", name=f"pool start, {label}", pool_start_s=start_s,
-                         worker_load_compile_s=loads)
+                         worker_load_compile_s=loads, worker_start_phases_s=phases)
                 self.say(f"pool start {label}: {start_s:.1f} s")
         finally:
             for k, v in saved.items():

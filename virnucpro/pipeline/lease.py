@@ -190,6 +190,9 @@ class PoolLease:
                     ", ".join(w.name for w in pool.workers),
                     "both models resident" if self.persistent else f"{spec.preload[0].label} only",
                     seconds)
+        for worker in pool.workers:
+            logger.info("worker %s start: %s", worker.name,
+                        ", ".join(f"{k} {v:.1f} s" for k, v in worker.start_phases.items()))
         return StagePool(pool, seconds)
 
     def _discard(self, pool: PersistentWorkerPool) -> None:

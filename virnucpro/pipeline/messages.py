@@ -59,6 +59,10 @@ class WorkerReady:
     allocator_conf: str
     device_name: str
     cuda_visible_devices: str | None = None
+    # where load_seconds went, per model: "<model> read" (file read, weights placed on the device)
+    # and "<model> warm-up" (compilation, warm-up batches, the packed self-check); the models are
+    # read concurrently, so the reads overlap
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

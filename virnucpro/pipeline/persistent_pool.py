@@ -79,6 +79,8 @@ class WorkerInfo:
     peak_mib: float = 0.0
     tasks_done: int = 0
     restarts: int = 0
+    start_seconds: float = 0.0  # spawn -> ready, the last start
+    start_phases: dict[str, float] = field(default_factory=dict)  # where start_seconds went
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ class _Slot:
         self.task_conn = task_conn
         self.result_conn = result_conn
         self.ready = False
+        self.spawned = time.perf_counter()
         self.jobs: dict[int, _Job] = {}  # task id -> job, in the order they were sent
         self.stage_reply: StageEnded | None = None
 
@@ -371,6 +374,10 @@ class PersistentWorkerPool:
         if isinstance(message, WorkerReady):
             slot.ready = True
             info.ready = message
+            info.start_seconds = time.perf_counter() - slot.spawned
+            # the rest of the start: the process, its imports (torch), CUDA's initialisation
+            info.start_phases = {"process + imports": round(info.start_seconds - message.load_seconds, 3),
+                                 **message.phases}
             info.pid = message.pid
             for key in message.loaded:
                 info.total_model_loads[key] = info.total_model_loads.get(key, 0) + 1

@@ -385,6 +385,8 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
                 allocator_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                 device_name=device_name,
                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                phases={**{f"{k} read": round(v, 3) for k, v in worker.load_seconds.items()},
+                        **{f"{k} warm-up": round(v, 3) for k, v in worker.compile_seconds.items()}},
             )
         )
     except Exception as exc:  # model files unreadable, CUDA unusable...

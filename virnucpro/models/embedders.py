@@ -63,6 +63,9 @@ __all__ = [
 ESM_MAX_RESIDUES = 1024
 PACKED_CHECK_MIN_COSINE = 0.999
 """The packed path must agree with the plain module this well (per-sequence cosine, same dtype)."""
+FP8_CHECK_MIN_COSINE = 0.99
+"""The FP8 packed path against the plain bf16 module: a check that the kernels work (a broken one
+gives cosines near 0), not the precision's agreement, which ``validate-precision`` measures."""
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +173,16 @@ class _PackedMode:
     why (``failed``); the padded path computes the same function.
     """
 
-    def __init__(self, enabled: bool, *, pool_ends: bool = False) -> None:
+    def __init__(self, enabled: bool, *, pool_ends: bool = False, required: str | None = None,
+                 min_cosine: float = PACKED_CHECK_MIN_COSINE) -> None:
         self.enabled = enabled
+        self.min_cosine = min_cosine
         self.pool_ends = pool_ends  # DNABERT-S averages [CLS]/[SEP] too (see pack_rows)
         self.failed: str | None = None
         self.check_cosine: float | None = None
+        self.required = required  # why padded batches are no fallback (then turning off is an error)
+        if required is not None and not enabled:
+            raise ModelLoadError(f"{required}, and packed batches cannot run here")
 
     def run(self, rows: Sequence[Sequence[int]], device: torch.device,
             embed: Callable[[PackedBatch], torch.Tensor]) -> torch.Tensor | None:
@@ -190,6 +198,8 @@ class _PackedMode:
             return None
 
     def disable(self, why: str) -> None:
+        if self.required is not None:
+            raise ModelLoadError(f"{self.required}, and packed batches failed: {why}")
         self.enabled = False
         self.failed = why
         logger.warning("packed batches turned off (%s); using padded batches", why)
@@ -198,8 +208,8 @@ class _PackedMode:
         """Compare packed embeddings with the plain module's; turn packing off if they disagree."""
         cosine = _min_cosine(packed, reference)
         self.check_cosine = cosine
-        if cosine < PACKED_CHECK_MIN_COSINE:
-            self.disable(f"self-check cosine {cosine:.6f} < {PACKED_CHECK_MIN_COSINE}")
+        if cosine < self.min_cosine:
+            self.disable(f"self-check cosine {cosine:.6f} < {self.min_cosine}")
 
 
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -355,7 +365,10 @@ class Esm2Embedder(_Embedder[FastEsm2]):
             )  # fmt: skip
         elif fp8:
             raise ValueError("fp8 runs on the fast path only (CUDA)")
-        self.packing = _PackedMode(_use_packed(self.runner, packed))
+        self.packing = _PackedMode(_use_packed(self.runner, packed), required=(
+            "--precision fp8 runs on packed batches only (its padded fallback would be bf16, not "
+            "the precision asked for); use --precision bf16" if fp8 else None),
+            min_cosine=FP8_CHECK_MIN_COSINE if fp8 else PACKED_CHECK_MIN_COSINE)
 
     def token_lengths(self, proteins: list[str]) -> list[int]:
         """Tokens per protein after truncation, BOS and EOS included."""

@@ -104,6 +104,17 @@ def test_fp8_needs_bf16_weights_and_the_fast_path(esm_bf16) -> None:  # type: ig
         Esm2Embedder(fp32, fast=False, fp8=True)
 
 
+def test_fp8_never_falls_back_to_padded_bf16_silently(esm_bf16, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, bf16, _ = esm_bf16
+    with pytest.raises(ModelLoadError, match="fp8 runs on packed batches only"):
+        Esm2Embedder(bf16, fast=True, compile=False, packed=False, fp8=True)
+    embedder = Esm2Embedder(bf16, fast=True, compile=False, packed=True, fp8=True)
+    real = embedder.runner.embed_packed
+    monkeypatch.setattr(embedder.runner, "embed_packed", lambda batch: -real(batch))
+    with pytest.raises(ModelLoadError, match="self-check cosine"):
+        embedder.check_packed(PROTEINS)
+
+
 def test_fp8_on_the_cpu_is_refused_before_the_checkpoint_is_read(esm_bf16) -> None:  # type: ignore[no-untyped-def]
     path = esm_bf16[0]
     problem = fp8_device_problem("cpu")

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_efficient_attention
 from virnucpro.models.fast.fp8 import Fp8Weight, fp8_linear, gelu_quantize_rows, quantize_rows, quantize_weight
 from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
-from virnucpro.models.kernels.add_norm import add_layer_norm
-from virnucpro.models.kernels.fp8_rows import add_layer_norm_fp8
+from virnucpro.models.kernels.add_norm import add_layer_norm, add_layer_norm_fp8
 from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply_rotary
 
 __all__ = [
@@ -327,7 +326,7 @@ class FastEsm2:
                             norms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
         """:meth:`forward_packed` with the four GEMMs in FP8: ``h`` is the first layer's norm output,
         quantised (e4m3 rows, scales); every later norm writes its output quantised in the same
-        Triton pass (:func:`~virnucpro.models.kernels.fp8_rows.add_layer_norm_fp8`)."""
+        Triton pass (:func:`~virnucpro.models.kernels.add_norm.add_layer_norm_fp8`)."""
         rows, dim = x.shape
         final = self.encoder.emb_layer_norm_after
         out = h[0]

@@ -10,7 +10,8 @@ Semantics (the same as :func:`~virnucpro.models.fast.esm2.esm_attention_output`)
 rounded to ``x``'s dtype and written back into ``x`` (in place); the norm is computed in fp32 on
 that rounded sum (biased variance, as ``F.layer_norm``); ``h`` is returned in ``out_dtype``.
 :func:`add_layer_norm_reference` is the same in plain PyTorch: the CPU path and the GPU tests'
-reference.
+reference. With the FP8 path (:func:`add_layer_norm_fp8`) the same pass writes ``h`` in e4m3 with
+per-row scales (:mod:`~virnucpro.models.kernels.fp8_rows`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, MIN_SCALE, add_layer_norm_fp8_reference
 from virnucpro.models.kernels.triton_support import TritonKernel
 
-__all__ = ["add_layer_norm", "add_layer_norm_reference", "triton_add_norm_available"]
+__all__ = ["add_layer_norm", "add_layer_norm_fp8", "add_layer_norm_reference", "triton_add_norm_available"]
 
 
 def add_layer_norm_reference(
@@ -48,8 +50,8 @@ def _build() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, h_ptr, n_cols, eps, BLOCK: tl.constexpr,  # type: ignore[no-untyped-def]
-                 STORE_SUM: tl.constexpr):
+    def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, h_ptr, s_ptr, n_cols, eps, fp8_max, min_scale,  # type: ignore[no-untyped-def]
+                 BLOCK: tl.constexpr, STORE_SUM: tl.constexpr, QUANT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -66,7 +68,12 @@ def _build() -> Any:
         rstd = 1.0 / tl.sqrt(variance + eps)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(h_ptr + offsets, (centered * rstd * w + b).to(h_ptr.dtype.element_ty), mask=mask)
+        h = tl.where(mask, centered * rstd * w + b, 0.0)
+        if QUANT:  # e4m3 rows with their scales (virnucpro.models.kernels.fp8_rows's rule)
+            scale = tl.maximum(tl.max(tl.abs(h), axis=0) / fp8_max, min_scale)
+            h = tl.minimum(tl.maximum(h / scale, -fp8_max), fp8_max)
+            tl.store(s_ptr + row, scale)
+        tl.store(h_ptr + offsets, h.to(h_ptr.dtype.element_ty), mask=mask)
 
     return add_norm
 
@@ -79,7 +86,16 @@ def add_layer_norm(
     out_dtype: torch.dtype, *, store_sum: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`add_layer_norm_reference`, one pass on CUDA (Triton) for contiguous ``[N, D]``."""
-    usable = (
+    if not _usable(x, y):
+        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
+    h = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if not _launch(x, y, weight, bias, eps, h, h, store_sum=store_sum, quant=False):
+        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
+    return x, h
+
+
+def _usable(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return (
         x.is_cuda
         and x.dim() == 2
         and x.is_contiguous()
@@ -88,15 +104,29 @@ def add_layer_norm(
         and x.shape[0] > 0
         and _KERNEL.usable()
     )
-    if not usable:
-        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
+
+
+def _launch(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+            h: torch.Tensor, scale: torch.Tensor, *, store_sum: bool, quant: bool) -> bool:
     import triton
 
     rows, cols = x.shape
-    h = torch.empty((rows, cols), dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(cols)
     warps = 8 if block >= 2048 else 4 if block >= 512 else 2
-    if not _KERNEL.launch((rows,), x, y, weight, bias, h, cols, eps, BLOCK=block, num_warps=warps,
-                          STORE_SUM=store_sum):
-        return add_layer_norm_reference(x, y, weight, bias, eps, out_dtype, store_sum=store_sum)
-    return x, h
+    return _KERNEL.launch((rows,), x, y, weight, bias, h, scale, cols, eps, E4M3_MAX, MIN_SCALE,
+                          BLOCK=block, num_warps=warps, STORE_SUM=store_sum, QUANT=quant)
+
+
+def add_layer_norm_fp8(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~virnucpro.models.kernels.fp8_rows.add_layer_norm_fp8_reference` in one pass on
+    CUDA: ``x += y``, and ``h = LN(x)`` written straight in e4m3 with its row scales (the next
+    FP8 GEMM reads 1 byte per element; no separate quantisation pass reads ``h`` again)."""
+    if not _usable(x, y):
+        return add_layer_norm_fp8_reference(x, y, weight, bias, eps)
+    q = torch.empty(x.shape, dtype=E4M3, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    if not _launch(x, y, weight, bias, eps, q, scale, store_sum=True, quant=True):
+        return add_layer_norm_fp8_reference(x, y, weight, bias, eps)
+    return x, q, scale

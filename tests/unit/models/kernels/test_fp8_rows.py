@@ -6,13 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from virnucpro.models.kernels.fp8_rows import (
-    E4M3_MAX,
-    add_layer_norm_fp8,
-    add_layer_norm_fp8_reference,
-    quantize_rows,
-    triton_add_norm_fp8_available,
-)
+from virnucpro.models.kernels.add_norm import add_layer_norm_fp8, triton_add_norm_available
+from virnucpro.models.kernels.fp8_rows import E4M3_MAX, add_layer_norm_fp8_reference, quantize_rows
 
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -59,7 +54,7 @@ def test_without_cuda_the_fused_call_is_the_reference() -> None:
 @gpu
 @pytest.mark.parametrize("rows,dim", [(1, 2560), (257, 2560), (4099, 2560), (33, 40)])
 def test_gpu_kernel_matches_the_reference(rows: int, dim: int) -> None:
-    if not triton_add_norm_fp8_available():
+    if not triton_add_norm_available():
         pytest.skip("Triton kernel not available")
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("e4m3 stores need compute capability 8.9")

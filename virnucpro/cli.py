@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -17,7 +16,6 @@ from virnucpro.pipeline.parameters import RUN_PARAMETERS, RunParameter, build_co
 
 __all__ = ["main", "cli"]
 
-_PROGRESS_EVERY_S = 10.0
 
 logger = logging.getLogger("virnucpro.cli")
 
@@ -148,20 +146,22 @@ _PREDICT_OPTIONS = tuple(p.name for p in RUN_PARAMETERS if p.name != "input_fast
 def predict(ctx: click.Context, input_fasta: Path, **options: object) -> None:
     """Predict viral sequences in INPUT_FASTA (FASTA or FASTA.gz)."""
     from virnucpro.pipeline.prediction import run_prediction
+    from virnucpro.progress_display import ProgressDisplay
 
     ctx.obj["persistent_models"] = bool(options["persistent_models"])
     config = build_config({"input_fasta": input_fasta, **options}, origin="option")
 
-    last_line = {"at": 0.0}
-
-    def progress(p) -> None:  # progress lines belong to the CLI: one every 10 s, and the last
-        now = time.monotonic()
-        if now - last_line["at"] < _PROGRESS_EVERY_S and p.shards_done < p.shards_total:
-            return
-        last_line["at"] = now
-        click.echo(f"  {p.describe()}", err=True)
-
-    result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)
+    progress = ProgressDisplay(sys.stderr)  # a bar on a terminal, lines in a log
+    end_bar = progress.logging_filter()
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is sys.stderr]
+    for handler in handlers:
+        handler.addFilter(end_bar)
+    try:
+        result = run_prediction(config, persistent_models=ctx.obj["persistent_models"], on_progress=progress)
+    finally:
+        progress.close()
+        for handler in handlers:
+            handler.removeFilter(end_bar)
     counts = result.report.sequence_calls
     if result.demo_models:
         click.echo("WARNING: DEMO MODELS WITH RANDOM WEIGHTS - these calls are meaningless.", err=True)

@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LAYERS: tuple[tuple[str, int], ...] = (
     ("flows", 0),
     ("virnucpro.cli", 1),
+    ("virnucpro.progress_display", 1),  # the CLI's progress bar and lines
     ("virnucpro.orchestration", 2),
     ("virnucpro.pipeline", 3),
     ("virnucpro.validation", 3),

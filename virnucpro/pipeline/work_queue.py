@@ -27,8 +27,8 @@ from pathlib import Path
 
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.pipeline import dedupe
-from virnucpro.pipeline.embedding_cache import EmbeddingCache
 from virnucpro.pipeline.devices import WorkerDevice
+from virnucpro.pipeline.embedding_cache import EmbeddingCache
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.messages import TaskDone, WorkerSpec
 from virnucpro.pipeline.persistent_pool import PersistentWorkerPool

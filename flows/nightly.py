@@ -39,7 +39,7 @@ from flows.predict import predict_flow  # noqa: E402
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 from prefect import flow, get_run_logger  # noqa: E402
@@ -48,6 +48,7 @@ from prefect.states import Failed, State  # noqa: E402
 
 from virnucpro.errors import ConfigError  # noqa: E402
 from virnucpro.orchestration.artifacts import publish_nightly_summary  # noqa: E402
+from virnucpro.orchestration.changed_settings import changed_settings  # noqa: E402
 from virnucpro.orchestration.batch import (  # noqa: E402
     DEFAULT_PATTERNS,
     BatchRecord,
@@ -95,8 +96,9 @@ def _folder(value: Path, name: str) -> Path:
     return Path(text).expanduser().resolve()
 
 
-def _skipped(scan: InboxScan) -> list[SampleOutcome]:
-    outcomes = [outcome_from_outputs(s, "already-done", output_dir=out) for s, out in scan.finished]
+def _skipped(scan: InboxScan, changed: dict[str, tuple[str, ...]]) -> list[SampleOutcome]:
+    outcomes = [replace(outcome_from_outputs(s, "already-done", output_dir=out),
+                        settings_changed=changed.get(str(s.path), ())) for s, out in scan.finished]
     outcomes += [
         SampleOutcome(str(s.path), s.sha256, "duplicate", str(first.output_dir),
                       error=f"same content as {first.name}")
@@ -143,9 +145,21 @@ def _dispatched(pending: tuple[Sample, ...], params: dict[str, Any], settings: D
     return _Ran(mode, result.outcomes, loads, sum(1 for b in result.batches if b.model_loads), result.batches)
 
 
+def _with_changed(scan: InboxScan, params: dict[str, Any], rerun: bool,
+                  ) -> tuple[InboxScan, dict[str, tuple[str, ...]]]:
+    """Which finished samples were made with other settings than tonight's; with ``rerun`` they
+    move to the pending samples (their outputs are made again, from every still-valid cache)."""
+    changed = {str(s.path): changed_settings(out, s.path, params) for s, out in scan.finished}
+    if not rerun:
+        return scan, changed
+    again = tuple(s for s, _ in scan.finished if changed[str(s.path)])
+    kept = tuple(f for f in scan.finished if not changed[str(f[0].path)])
+    return replace(scan, pending=scan.pending + again, finished=kept), changed
+
+
 def _report(scan: InboxScan, ran: _Ran, folders: tuple[Path, Path], started: dt.datetime,
-            notes: tuple[str, ...]) -> NightReport:
-    outcomes = [*_skipped(scan), *ran.outcomes]
+            notes: tuple[str, ...], changed: dict[str, tuple[str, ...]]) -> NightReport:
+    outcomes = [*_skipped(scan, changed), *ran.outcomes]
     order = {str(s.path): i for i, s in enumerate(sorted(
         [*scan.pending, *(s for s, _ in scan.finished), *(s for s, _ in scan.duplicates)],
         key=lambda s: s.path))}
@@ -190,6 +204,9 @@ _NIGHT_HELP = {
     "dispatch_timeout_s": "Deadline of a dispatched night in seconds [default: 30 min + the night's "
                           "sequence bytes at 1 kB/s per GPU slot (20 B/s on CPU), with room for "
                           "re-dispatch]; runs still going then are cancelled and the night fails.",
+    "rerun_changed": "Run again the finished samples whose outputs were made with other settings "
+                     "(models, precision, thresholds, regions, calibration) than tonight's; without it "
+                     "they are reported as already-done with the settings that differ.",
     "lost_after_s": "A running batch run without a heartbeat for this long is lost and re-dispatched "
                     "[default: 4 heartbeat intervals of the GPU pool].",
 }
@@ -222,6 +239,7 @@ def _nightly(
     redispatch_attempts: int = 2,
     dispatch_timeout_s: float | None = None,
     lost_after_s: float | None = None,
+    rerun_changed: bool = False,
 ) -> dict[str, Any] | State:
     params: dict[str, Any] = {name: value for name, value in locals().items() if name in NIGHT_RUN_PARAMETERS}
     notes = start_run()
@@ -229,6 +247,11 @@ def _nightly(
     folders = (_folder(inbox, "inbox"), _folder(outbox, "outbox"))
     started = dt.datetime.now().astimezone()
     scan = find_new_samples.submit(folders[0], folders[1], list(pattern)).result()
+    scan, changed = _with_changed(scan, params, rerun_changed)
+    if any(changed.values()):
+        logger.warning("%d finished sample(s) were made with other settings than tonight's%s",
+                       sum(1 for c in changed.values() if c),
+                       "; running them again" if rerun_changed else " (rerun_changed=true runs them again)")
     folders[1].mkdir(parents=True, exist_ok=True)
     if dispatch_deployments:
         settings = DispatchSettings(deployment=deployment, gpu_pool=gpu_pool,
@@ -239,7 +262,7 @@ def _nightly(
     else:
         ran = _in_process(scan.pending, params) if scan.pending else _Ran(
             "persistent pool" if persistent_models else "per-stage workers", (), {}, 0)
-    night = _report(scan, ran, folders, started, notes)
+    night = _report(scan, ran, folders, started, notes, changed)
     path = write_night_report(night)
     page = write_night_html(night)
     publish_nightly_summary(night)
@@ -250,7 +273,7 @@ def _nightly(
 _nightly.__doc__ = parameters_docstring(
     "Run every new sample of ``inbox``; outputs and the night's JSON go to ``outbox``.",
     ("inbox", "outbox", "pattern", *NIGHT_RUN_PARAMETERS, "dispatch_deployments", "deployment",
-     "gpu_pool", "redispatch_attempts", "dispatch_timeout_s", "lost_after_s"),
+     "gpu_pool", "redispatch_attempts", "dispatch_timeout_s", "lost_after_s", "rerun_changed"),
     extra=_NIGHT_HELP,
 )
 

@@ -155,6 +155,7 @@ class SampleOutcome:
     seconds: float | None = None
     demo_models: bool = False
     error: str | None = None
+    settings_changed: tuple[str, ...] = ()  # already-done, with outputs of other settings than tonight's
 
 
 def outcome_from_outputs(

@@ -179,13 +179,21 @@ def _report_link(outbox: Path, s: SampleOutcome) -> str:
     return f'<a href="{escape(href)}">report.html</a>'
 
 
+def _status(s: SampleOutcome) -> str:
+    """The status; a finished sample made with other settings says which (rerun_changed re-runs it)."""
+    if not s.settings_changed:
+        return escape(s.status)
+    return (f'{escape(s.status)}<br><span class="warn">other settings: '
+            f'{escape(", ".join(s.settings_changed))}</span>')
+
+
 def _sample_rows(night: NightReport) -> list[list[str]]:
     outbox = Path(night.outbox)
     rows = []
     for s in night.samples:
         rate_virus, rate_none = _sample_rate(s, "virus"), _sample_rate(s, "no-call")
         rows.append([
-            escape(Path(s.file).name), f"<code>{escape(s.sha256[:12])}</code>", escape(s.status),
+            escape(Path(s.file).name), f"<code>{escape(s.sha256[:12])}</code>", _status(s),
             f"{s.records:,}" if s.records is not None else "-",
             *(f"{s.calls[c]:,}" if c in s.calls else "-" for c in ("virus", "non-virus", "no-call")),
             _show("virus_fraction", rate_virus), _show("no_call_rate", rate_none),

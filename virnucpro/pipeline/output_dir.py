@@ -43,7 +43,8 @@ def _read_manifest(path: Path) -> dict[str, str]:
 
 
 def clear_earlier_outputs(paths: OutputPaths) -> list[Path]:
-    """Remove the last finished run's final outputs here (proved by SHA-256); return them.
+    """Remove the last finished run's final outputs here (proved by SHA-256) and its DONE marker
+    (a night must not count a run that is starting over as finished); return the outputs.
 
     OutputError (nothing removed) when a final output's name is taken by a file VirNucPro cannot
     prove it wrote.
@@ -62,6 +63,7 @@ def clear_earlier_outputs(paths: OutputPaths) -> list[Path]:
                 "the file away or choose another --output-dir"
             )
         ours.append(path)
+    paths.done_marker.unlink(missing_ok=True)  # first: the earlier run is no longer the finished one
     for path in ours:
         path.unlink()
     published.outputs_manifest.unlink(missing_ok=True)

@@ -165,6 +165,38 @@ def test_second_night_skips_finished_samples(first_night, inbox: Path, params: d
     assert report["pools_opened"] == 0 and report["model_loads"] == {}
     assert {s["output_dir"] for s in report["samples"]} == {s["output_dir"] for s in first["samples"]}
     assert len(list(outbox.glob("nightly-*.json"))) == 2  # the first night's report is still there
+    # tonight's calling parameters are the defaults, not the first night's: said, not re-run
+    assert all(s["settings_changed"] == ["preset", "min_region_length"] for s in report["samples"])
+    page = (outbox / Path(report_name(report)).with_suffix(".html").name).read_text()
+    assert "other settings: preset, min_region_length" in page
+
+
+def test_a_night_with_rerun_changed_runs_samples_of_other_settings_again(
+    first_night, inbox: Path, params: dict, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _, first, first_outbox = first_night
+    outbox = tmp_path / "outbox"
+    shutil.copytree(first_outbox, outbox)
+    same = _night(inbox, outbox, params, **NIGHT_CALLING)[1]  # the first night's settings again
+    assert report_counts(same) == (0, 3) and all(s["settings_changed"] == [] for s in same["samples"])
+    state, report = _night(inbox, outbox, params, **{**NIGHT_CALLING, "preset": "relaxed"}, rerun_changed=True)
+    assert state.is_completed(), state.message
+    assert report_counts(report) == (3, 0)
+    for sample in report["samples"]:
+        info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())
+        assert info["thresholds"]["preset"] == "relaxed"
+        for stage in info["stages"]:  # the embeddings were valid for the new thresholds: reused
+            assert stage["shards_skipped"] == stage["shards_total"], sample["file"]
+        assert (Path(sample["output_dir"]) / ".virnucpro_work" / "DONE").read_text().strip() == sample["sha256"]
+
+
+def report_counts(report: dict) -> tuple[int, int]:
+    return report["counts"]["done"], report["counts"]["already-done"]
+
+
+def report_name(report: dict) -> str:
+    run = report["flow_run_id"]
+    return f"nightly-{report['date']}-{run[:8]}.json"
 
 
 def test_renamed_copy_is_recognised_by_content(first_night, inbox: Path, params: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

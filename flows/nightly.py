@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         add_argparse_option(p, name, default=True if name == "persistent_models" else None)
     p.add_argument("--dispatch-deployments", action="store_true",
                    help=f"dispatch_deployments: one {BATCH_DEPLOYMENT} run per live GPU slot")
+    p.add_argument("--rerun-changed", action="store_true", help=f"rerun_changed: {_NIGHT_HELP['rerun_changed']}")
     args = vars(p.parse_args(argv))
     args["pattern"] = args["pattern"] or list(DEFAULT_PATTERNS)
     gpus = parse_gpus(args["gpus"])

@@ -179,8 +179,16 @@ def test_a_night_with_rerun_changed_runs_samples_of_other_settings_again(
     shutil.copytree(first_outbox, outbox)
     same = _night(inbox, outbox, params, **NIGHT_CALLING)[1]  # the first night's settings again
     assert report_counts(same) == (0, 3) and all(s["settings_changed"] == [] for s in same["samples"])
-    state, report = _night(inbox, outbox, params, **{**NIGHT_CALLING, "preset": "relaxed"}, rerun_changed=True)
-    assert state.is_completed(), state.message
+    from flows.nightly import main  # python flows/nightly.py ... --rerun-changed (the flow's rerun_changed)
+
+    before = set(outbox.glob("nightly-*.json"))
+    argv = [str(inbox), str(outbox), "--device", "cpu", "--dnabert-model", str(params["dnabert_model"]),
+            "--esm-model", str(params["esm_model"]), "--classifier", str(params["classifier"]),
+            "--preset", "relaxed", "--min-region-length", str(NIGHT_CALLING["min_region_length"]),
+            "--rerun-changed"]
+    assert main(argv) == 0
+    (new_report,) = set(outbox.glob("nightly-*.json")) - before
+    report = json.loads(new_report.read_text())
     assert report_counts(report) == (3, 0)
     for sample in report["samples"]:
         info = json.loads((Path(sample["output_dir"]) / "run_info.json").read_text())

@@ -183,8 +183,8 @@ def _status(s: SampleOutcome) -> str:
     """The status; a finished sample made with other settings says which (rerun_changed re-runs it)."""
     if not s.settings_changed:
         return escape(s.status)
-    return (f'{escape(s.status)}<br><span class="warn">other settings: '
-            f'{escape(", ".join(s.settings_changed))}</span>')
+    return (f'{escape(s.status)}<br><small class="muted">made with other settings: '
+            f'{escape(", ".join(s.settings_changed))}</small>')
 
 
 def _sample_rows(night: NightReport) -> list[list[str]]:

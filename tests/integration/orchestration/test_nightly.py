@@ -168,7 +168,7 @@ def test_second_night_skips_finished_samples(first_night, inbox: Path, params: d
     # tonight's calling parameters are the defaults, not the first night's: said, not re-run
     assert all(s["settings_changed"] == ["preset", "min_region_length"] for s in report["samples"])
     page = (outbox / Path(report_name(report)).with_suffix(".html").name).read_text()
-    assert "other settings: preset, min_region_length" in page
+    assert "made with other settings: preset, min_region_length" in page
 
 
 def test_a_night_with_rerun_changed_runs_samples_of_other_settings_again(

@@ -7,8 +7,9 @@ more to compute than to read.
 
 Key: a cache folder per *producer* — stage, the model file's SHA-256 (for DNABERT-S also its
 tokenizer's), the resolved precision, the device kind (the CPU's reference modules and the GPU's
-fast path agree only to rounding), the feature format, and the versions of virnucpro and torch that
-computed them. Any difference is another folder, so cached work is reused only when everything that
+fast path agree only to rounding), the feature format, the versions of virnucpro and torch that
+computed them, and the SHA-256 of ``virnucpro/models``' source (the code of the embedding
+itself). Any difference is another folder, so cached work is reused only when everything that
 produced it is the same. Inside it a row is found by the SHA-256 of the string the model reads (the
 frame's DNA for DNABERT-S, its protein for ESM-2).
 
@@ -25,6 +26,7 @@ computation in the last bits, because a frame's batch neighbours change the padd
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -83,8 +85,22 @@ def producer_key(
         "device": device_kind,
         "feature_format": feature_format,
         "virnucpro": __version__,
+        "models_code_sha256": models_code_sha256(),
         "torch": torch.__version__,
     }
+
+
+@functools.cache
+def models_code_sha256() -> str:
+    """SHA-256 of the source of ``virnucpro/models`` (the code that computes an embedding): a
+    development build whose version string did not change still gets its own cache folder."""
+    import virnucpro.models
+
+    root = Path(virnucpro.models.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ def test_each_producer_setting_is_its_own_folder(tmp_path: Path) -> None:
         assert EmbeddingCache(tmp_path, _key(**change)).folder != base, change
     assert EmbeddingCache(tmp_path, _key()).folder == base
     key = _key()
-    assert {"virnucpro", "torch"} <= set(key) and key["stage"] == "esm"
+    assert {"virnucpro", "torch", "models_code_sha256"} <= set(key) and key["stage"] == "esm"
+    assert len(key["models_code_sha256"]) == 64
 
 
 def test_the_model_input_is_what_each_stage_reads() -> None:

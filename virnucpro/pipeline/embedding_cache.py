@@ -26,7 +26,6 @@ computation in the last bits, because a frame's batch neighbours change the padd
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ import numpy as np
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.disk import disk_errors
 from virnucpro.errors import OutputError, WorkerError
+from virnucpro.models.code_identity import models_code_sha256
 from virnucpro.pipeline.shards import ShardFrame, load_features, save_features
 from virnucpro.pipeline.stage import FeatureStage
 
@@ -88,19 +88,6 @@ def producer_key(
         "models_code_sha256": models_code_sha256(),
         "torch": torch.__version__,
     }
-
-
-@functools.cache
-def models_code_sha256() -> str:
-    """SHA-256 of the source of ``virnucpro/models`` (the code that computes an embedding): a
-    development build whose version string did not change still gets its own cache folder."""
-    import virnucpro.models
-
-    root = Path(virnucpro.models.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

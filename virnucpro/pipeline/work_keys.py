@@ -2,7 +2,8 @@
 
 Feature files are reused only when they were made from the same prepared input (the preparation's
 own key, ``prepared.json``) by the same model file (SHA-256; for DNABERT-S also its tokenizer),
-at the same precision, by the same feature-file format. Score files likewise: same classifier
+at the same precision, by the same feature-file format and model code
+(:func:`~virnucpro.models.code_identity.models_code_sha256`). Score files likewise: same classifier
 (SHA-256), same features (the two feature keys), same format. Each cache folder holds its key in
 ``KEY.json``; a folder whose key differs (or that has none) is emptied before the stage runs, and
 so is everything made from it: a new classifier re-scores without re-embedding; a new encoder
@@ -19,6 +20,7 @@ from typing import Any
 
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.checksums import sha256_file, sha256_file_unchanged
+from virnucpro.models.code_identity import models_code_sha256
 from virnucpro.models.discovery import ModelLocation
 from virnucpro.pipeline.stage import FeatureStage
 
@@ -47,6 +49,7 @@ def feature_key(stage: FeatureStage, model: ModelLocation, precision: str) -> di
         "stage": stage.value,
         "format": FEATURE_FORMAT_VERSION,
         "precision": precision,
+        "models_code_sha256": models_code_sha256(),
     }
     if model.tokenizer_file is not None:
         key["tokenizer_sha256"] = sha256_file(model.tokenizer_file)

@@ -57,3 +57,15 @@ def test_scores_key_names_the_features_by_content(tmp_path: Path) -> None:
     assert score_key(classifier, here) == score_key(classifier, moved)
     other = {"esm": {"stage": "esm", "model_sha256": "b" * 64}}
     assert score_key(classifier, here) != score_key(classifier, other)
+
+
+def test_the_feature_key_names_the_model_code(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.models.discovery import ModelLocation
+    from virnucpro.pipeline import work_keys
+    from virnucpro.pipeline.stage import FeatureStage
+
+    model = ModelLocation("esm", tmp_path / "esm.pt", "option", "option --esm-model")
+    key = work_keys.feature_key(FeatureStage.ESM, model, "fp32")
+    assert len(key["models_code_sha256"]) == 64
+    monkeypatch.setattr(work_keys, "models_code_sha256", lambda: "0" * 64)  # a patched build
+    assert work_keys.feature_key(FeatureStage.ESM, model, "fp32") != key

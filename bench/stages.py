@@ -124,6 +124,21 @@ class StageSections:
         row["vs_bf16_stage"] = row["tokens_per_s"] / bf16_row["tokens_per_s"]
         self.row("esm", **row)
         self.say(f"ESM-2 FP8: {row['tokens_per_s']:.0f} tokens/s = {row['vs_bf16_stage']:.2f}x bf16")
+        reference, _ = run_embedder(embedder, proteins[:256], self.esm_budget, self.args.shard_frames)
+        from virnucpro.models.fast import fp8
+
+        fp8.FAST_ACCUM = True  # the same embedder, the GEMMs with Hopper's fast accumulation
+        try:
+            fast, stats = run_embedder(embedder, proteins, self.esm_budget, self.args.shard_frames)
+            fast_row = rate_row("ESM-2 stage alone: FP8 with use_fast_accum", stats,
+                                esm_flops(stats["lengths"], m.esm_spec.num_layers, m.esm_spec.embed_dim),
+                                self.peak_tflops)
+            cos = cosine_rows(reference, fast[: len(reference)])
+            fast_row.update(vs_bf16_stage=fast_row["tokens_per_s"] / bf16_row["tokens_per_s"],
+                            cos_min_vs_fp8=float(cos.min()))
+            self.row("esm", **fast_row)
+        finally:
+            fp8.FAST_ACCUM = False
         del embedder
         self.free_gpu()
 

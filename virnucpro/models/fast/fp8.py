@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 FP8_MIN_CAPABILITY = (8, 9)
+FAST_ACCUM = False
+"""``torch._scaled_mm``'s ``use_fast_accum`` (Hopper: partial sums kept in lower precision, faster).
+Off: agreement first; the benchmark times both (``esm_alone``'s FP8 rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ def gelu_quantize_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def fp8_linear(q: torch.Tensor, scale: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:
     """``x @ W.T + b`` from quantised rows ``(q, scale)`` of ``x`` and an :class:`Fp8Weight`; bf16."""
     return torch._scaled_mm(q, weight.q_t, scale_a=scale, scale_b=weight.scale, bias=weight.bias,
-                            out_dtype=torch.bfloat16)
+                            out_dtype=torch.bfloat16, use_fast_accum=FAST_ACCUM)
 
 
 def fp8_device_problem(device: torch.device | str) -> str | None:

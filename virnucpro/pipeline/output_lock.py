@@ -27,6 +27,7 @@ from virnucpro.errors import OutputError
 __all__ = ["output_lock"]
 
 _OPEN_ATTEMPTS = 50
+_MKDIR_ATTEMPTS = 5  # a racing run may remove the empty directory while this one creates it
 
 
 def _make_dirs(directory: Path) -> list[Path]:
@@ -36,10 +37,16 @@ def _make_dirs(directory: Path) -> list[Path]:
     while not probe.exists() and probe != probe.parent:
         missing.append(probe)
         probe = probe.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {directory}: {exc}") from exc
+    for attempt in range(_MKDIR_ATTEMPTS):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            break
+        except FileExistsError as exc:
+            # another run removed the (empty) directory between mkdir's EEXIST and its is_dir check
+            if attempt == _MKDIR_ATTEMPTS - 1 or (directory.exists() and not directory.is_dir()):
+                raise OutputError(f"cannot create output directory {directory}: {exc}") from exc
+        except OSError as exc:
+            raise OutputError(f"cannot create output directory {directory}: {exc}") from exc
     return missing
 
 

@@ -82,6 +82,11 @@ def test_the_same_sample_again_reads_every_row_and_writes_the_same_outputs(first
         assert stage.cache_hits + stage.duplicate_frames == stage.frames == before.frames
         assert stage.tokens == 0 and stage.cache_added == 0  # nothing computed, nothing new
     assert _tables(root / "a_again") == _tables(root / "a")
+    page = (root / "a_again" / "report.html").read_text()
+    assert "<th>read from the embedding cache</th>" in page
+    for stage in again.stages:  # the stage's row: frames ... duplicates, cache hits, fp32 re-runs
+        assert (f'<td class="num">{stage.duplicate_frames:,}</td><td class="num">{stage.cache_hits:,}</td>'
+                in page), stage.stage
     plain = root / "a_plain"
     run(cpu_config(samples["a"], plain, demo_models, shard_frames=5), lease)  # no cache at all
     assert _tables(plain) == _tables(root / "a")

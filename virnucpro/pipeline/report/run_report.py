@@ -339,11 +339,13 @@ def _run_section(info: RunInfo) -> str:
         numeric=(5,),
     )
     stages = table(
-        ("stage", "frames", "frames/s", "tokens/s", "peak MiB per worker", "restarts", "OOM retries"),
+        ("stage", "frames", "frames/s", "tokens/s", "peak MiB per worker", "restarts", "OOM retries",
+         "duplicates (computed once)", "read from the embedding cache", "fp32 re-runs"),
         ([escape(s.label), f"{s.frames:,}", f"{s.frames_per_s:,.1f}", f"{s.tokens_per_s:,.0f}",
           escape(", ".join(f"{w}: {m:,.0f}" for w, m in s.worker_peak_mib.items()) or "-"),
-          str(s.worker_restarts), str(s.oom_retries)] for s in info.stages),
-        numeric=(1, 2, 3, 5, 6),
+          str(s.worker_restarts), str(s.oom_retries), f"{s.duplicate_frames:,}", f"{s.cache_hits:,}",
+          f"{s.fp32_recomputed:,}"] for s in info.stages),
+        numeric=(1, 2, 3, 5, 6, 7, 8, 9),
     )
     timings = table(("step", "seconds"), ([escape(k), f"{v:,.2f}"] for k, v in info.timings_seconds.items()),
                     numeric=(1,))

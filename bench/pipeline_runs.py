@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,15 @@ class PipelineSections:
         finally:
             lease.close()
 
+    def _started_rate_row(self, name: Callable[[Any], str], config: Any, stage_fields: tuple[str, ...]) -> float:
+        """One ``fast-default`` row of a run on a started pool (frames, wall, frames/s, and each
+        stage's ``stage_fields``); returns its frames/s."""
+        res, wall, _ = self._started_run(config)
+        rate = res.prepared.n_frames / wall
+        self.row("fast-default", name=name(res), frames=res.prepared.n_frames, wall_s=wall, frames_per_s=rate,
+                 **{f"{field}_{st.stage.value}": getattr(st, field) for st in res.stages for field in stage_fields})
+        return rate
+
     def fast_default(self) -> None:
         """What ``virnucpro predict`` runs without --precision, as a whole process too; pool start
         cold and warm; a sample with 30% duplicate frames against one without."""
@@ -333,12 +343,11 @@ class PipelineSections:
             rates = {}
             for label, frags in (("no duplicates", distinct), ("30% duplicate records", dup)):
                 path = write_fasta(self.work / f"sample_{label.split()[0]}.fa", frags)
-                res, wall, _ = self._started_run(
-                    self._config(path, self.work / f"run_{label.split()[0]}", (0,), True, precision=Precision.AUTO))
-                rates[label] = res.prepared.n_frames / wall
-                self.row("fast-default", name=f"pipeline, {label} ({res.prepared.n_frames} frames), pool started",
-                         frames=res.prepared.n_frames, wall_s=wall, frames_per_s=rates[label],
-                         **{f"duplicate_frames_{st.stage.value}": st.duplicate_frames for st in res.stages})
+                config = self._config(path, self.work / f"run_{label.split()[0]}", (0,), True,
+                                      precision=Precision.AUTO)
+                rates[label] = self._started_rate_row(
+                    lambda res, label=label: f"pipeline, {label} ({res.prepared.n_frames} frames), pool started",
+                    config, ("duplicate_frames",))
             ratio = rates["30% duplicate records"] / rates["no duplicates"]
             self.row("fast-default", name="30% duplicates vs none: frames/s ratio", speedup=ratio)
             self.say(f"duplicates: {ratio:.2f}x frames/s")
@@ -361,12 +370,9 @@ class PipelineSections:
             config = dataclasses.replace(
                 self._config(sample, self.work / f"run_cache_{len(rates)}", (0,), True, precision=Precision.AUTO),
                 embedding_cache=cache)
-            res, wall, _ = self._started_run(config)
-            rates[label] = res.prepared.n_frames / wall
-            self.row("fast-default", name=f"pipeline, --embedding-cache, the run that {label}, pool started",
-                     frames=res.prepared.n_frames, wall_s=wall, frames_per_s=rates[label],
-                     **{f"cache_hits_{st.stage.value}": st.cache_hits for st in res.stages},
-                     **{f"cache_added_{st.stage.value}": st.cache_added for st in res.stages})
+            rates[label] = self._started_rate_row(
+                lambda res, label=label: f"pipeline, --embedding-cache, the run that {label}, pool started",
+                config, ("cache_hits", "cache_added"))
         ratio = rates["reads every row from the cache"] / rates["fills the cache"]
         self.row("fast-default", name="embedding cache: second run vs first, frames/s ratio", speedup=ratio)
         self.say(f"embedding cache: {ratio:.2f}x frames/s on the second run")

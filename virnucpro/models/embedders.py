@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,6 +213,17 @@ class _PackedMode:
             self.disable(f"self-check cosine {cosine:.6f} < {self.min_cosine}")
 
 
+def _timed_steps(steps: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Run each warm-up step in order; its wall seconds (each step ends synchronised: an
+    embedding's ``result()`` waits for the device)."""
+    seconds: dict[str, float] = {}
+    for name, step in steps.items():
+        started = time.perf_counter()
+        step()
+        seconds[name] = round(time.perf_counter() - started, 3)
+    return seconds
+
+
 def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Smallest per-row cosine similarity of two ``[N, D]`` matrices (fp64)."""
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
@@ -321,17 +333,19 @@ class DnabertEmbedder(_Embedder[FastDnabert]):
         """Mean over all tokens (``[CLS]``/``[SEP]`` included) of the last hidden state."""
         return self.submit(self.encode(sequences)).result()
 
-    def warmup(self, max_tokens: int = 512) -> None:
+    def warmup(self, max_tokens: int = 512) -> dict[str, float]:
         """Trigger compilation at load time, on a batch of about ``max_tokens`` tokens.
 
         The compiled kernels are tuned for the sizes of their first call, so a worker warms up
-        with a batch of realistic size (see :func:`_warmup_batch`).
+        with a batch of realistic size. Returns the seconds of each step (:func:`_timed_steps`).
         """
         rng = np.random.default_rng(0)
         n = max(2, max_tokens // 112)
         seqs = ["".join(rng.choice(list("ACGT"), size=int(rng.integers(480, 500)))) for _ in range(n)]
-        self.embed(seqs)
-        self.check_packed(seqs[:3] + [seqs[3 % n][:40], seqs[4 % n][:300]])
+        return _timed_steps({
+            "batch": lambda: self.embed(seqs),
+            "self-check": lambda: self.check_packed(seqs[:3] + [seqs[3 % n][:40], seqs[4 % n][:300]]),
+        })
 
 
 class Esm2Embedder(_Embedder[FastEsm2]):
@@ -404,20 +418,25 @@ class Esm2Embedder(_Embedder[FastEsm2]):
             return torch.empty((0, self.dim), dtype=torch.float32)
         return self.submit(self.encode(proteins)).result()
 
-    def warmup(self, max_tokens: int = 512) -> None:
-        """Trigger compilation at load time: one batch of equal lengths (no mask), one mixed.
+    def warmup(self, max_tokens: int = 512) -> dict[str, float]:
+        """Trigger compilation at load time, on batches of about ``max_tokens`` tokens.
 
-        Both batches hold about ``max_tokens`` tokens: the compiled kernels are tuned for the
-        sizes of their first call, so a worker warms up with batches of realistic size.
+        Padded batches: one of equal lengths (no mask), one mixed (the two compiled graphs).
+        Packed batches have one graph whatever the lengths: the mixed batch alone. The compiled
+        kernels are tuned for the sizes of their first call, so a worker warms up with batches
+        of realistic size. Returns the seconds of each step (:func:`_timed_steps`).
         """
         rng = np.random.default_rng(0)
         residues = list("ACDEFGHIKLMNPQRSTVWY")
         n = max(2, max_tokens // 168)
         same = ["".join(rng.choice(residues, size=166)) for _ in range(n)]
         mixed = same[: n - n // 4] + ["".join(rng.choice(residues, size=150)) for _ in range(n // 4)]
-        for proteins in (same, mixed):
-            self.embed(proteins)
-        self.check_packed(mixed[-3:] + same[:2] + [same[2 % n][:40]])
+        steps: dict[str, Callable[[], object]] = {}
+        if not self.packed:
+            steps["equal-length batch"] = lambda: self.embed(same)
+        steps["batch"] = lambda: self.embed(mixed)
+        steps["self-check"] = lambda: self.check_packed(mixed[-3:] + same[:2] + [same[2 % n][:40]])
+        return _timed_steps(steps)
 
 
 def load_dnabert_embedder(

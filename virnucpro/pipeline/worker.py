@@ -131,6 +131,7 @@ class _Worker:
         self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
         self.load_seconds: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
+        self.warmup_steps: dict[str, dict[str, float]] = {}  # per model: each warm-up step's seconds
         if spec.on_gpu:
             torch.cuda.set_device(self.device)
 
@@ -185,7 +186,7 @@ class _Worker:
         warm_started = time.perf_counter()
         runner = getattr(embedder, "runner", None)
         if runner is not None and runner.layer.enabled:
-            embedder.warmup(
+            self.warmup_steps[stage.value] = embedder.warmup(
                 warmup_tokens(self.device, embedder.dim, self.precision, self.spec.toks_per_batch)
             )
             if self.spec.on_gpu:
@@ -386,7 +387,9 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
                 device_name=device_name,
                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                 phases={**{f"{k} read": round(v, 3) for k, v in worker.load_seconds.items()},
-                        **{f"{k} warm-up": round(v, 3) for k, v in worker.compile_seconds.items()}},
+                        **{f"{k} warm-up": round(v, 3) for k, v in worker.compile_seconds.items()},
+                        **{f"{k} warm-up: {step}": v for k, steps in worker.warmup_steps.items()
+                           for step, v in steps.items()}},
             )
         )
     except Exception as exc:  # model files unreadable, CUDA unusable...

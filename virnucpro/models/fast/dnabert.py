@@ -127,7 +127,9 @@ class FastDnabert:
             for layer in model.encoder.layer
         ]
         use_flash_and_efficient_attention(self.device)
-        self.opaque_attention = register_alibi_attention()  # False: plain SDPA (see the module)
+        # the ALiBi custom op matters only to the compiler (padded path): registered at its first
+        # call, since torch.library imports the fake-tensor machinery (seconds of a worker's start)
+        self.opaque_attention: bool | None = None  # False: plain SDPA (see the module)
         self.layer = CompiledFunction(
             dnabert_layer, enabled=compile, backend=backend, dynamic_dims={0: (0, 1), 1: (0, 2, 3)}
         )
@@ -159,6 +161,8 @@ class FastDnabert:
 
     def forward(self, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """``keep [B, T]`` bool (True on real tokens)."""
+        if self.layer.enabled and self.opaque_attention is None:
+            self.opaque_attention = register_alibi_attention()
         with torch.no_grad():
             bias = aligned_bias(
                 self.model.attention_bias(keep.to(torch.long)).to(self.attention_dtype)

@@ -14,8 +14,9 @@ throughput (:class:`FastEsm2`; the plain module stays the CPU / fp32 reference).
   with row-wise scales (:mod:`.fp8`); attention, norms and the residual stream as in bf16.
 - Packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see :mod:`.packing`): no
   padding anywhere, flash attention's variable-length kernel, the q/k/v, out-proj, fc1 and fc2
-  GEMMs as cuBLAS calls, rotary as one compiled pointwise kernel, residual + layer norm as one
-  Triton pass (:mod:`~virnucpro.models.kernels.add_norm`), and optionally (``fused_gelu``) fc1's
+  GEMMs as cuBLAS calls, q scaling + rotary as one Triton pass (:mod:`~virnucpro.models.kernels.rotary`;
+  compiled where Triton is missing), residual + layer norm as one Triton pass
+  (:mod:`~virnucpro.models.kernels.add_norm`), and optionally (``fused_gelu``) fc1's
   bias + GELU in the GEMM's cuBLASLt epilogue (tanh GELU). The padded path stays for fp32 (flash
   needs 16-bit inputs) and for head sizes flash refuses.
 """
@@ -29,6 +30,7 @@ from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_effic
 from virnucpro.models.fast.fp8 import Fp8Weight, fp8_linear, gelu_quantize_rows, quantize_rows, quantize_weight
 from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
 from virnucpro.models.kernels.add_norm import add_layer_norm, add_layer_norm_fp8
+from virnucpro.models.kernels.rotary import rotary_qk, triton_rotary_available
 from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply_rotary
 
 __all__ = [
@@ -184,8 +186,10 @@ class FastEsm2:
         if fused_gelu and self.dtype == torch.float32:
             raise ValueError("fused_gelu (tanh GELU in the GEMM epilogue) is for bf16/fp16 only")
         self.fused_gelu = fused_gelu
-        # packed path (see forward_packed): GEMMs are cuBLAS calls, residual + norm one Triton
-        # pass; only the rotary step is compiled (one pointwise kernel, dynamic token count)
+        # packed path (see forward_packed): GEMMs are cuBLAS calls, residual + norm and rotary
+        # Triton passes, so no compiler runs in the process (bf16/fp16 with the fused GELU); the
+        # rotary step is compiled only where the Triton kernel cannot run
+        self.triton_rotary = self.device.type == "cuda" and triton_rotary_available()
         self.packed_rotary = CompiledFunction(
             esm_rotary_qk, enabled=compile, backend=backend, dynamic_dims={0: (0,), 1: (0,), 2: (0,)}
         )
@@ -311,7 +315,7 @@ class FastEsm2:
             for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
                 _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
                 qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
-                q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
+                q, k = self._rotary(qkv, cos, sin)
                 context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0)
                 x, h = add_layer_norm(x, F.linear(context.reshape(rows, dim), wo, bo),
                                       ln2_w, ln2_b, self.eps, self.dtype)
@@ -334,7 +338,7 @@ class FastEsm2:
             ln2_w, ln2_b = args[6], args[7]
             w_qkv, w_out, w_fc1, w_fc2 = self.fp8_weights[i]
             qkv = fp8_linear(*h, w_qkv).view(rows, 3, self.heads, dim // self.heads)
-            q, k = self.packed_rotary(qkv, cos, sin, self.scaling)
+            q, k = self._rotary(qkv, cos, sin)
             context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
             x, *h = add_layer_norm_fp8(x, fp8_linear(*self.quantize(context), w_out), ln2_w, ln2_b, self.eps)
             down = fp8_linear(*self.gelu_quantize(fp8_linear(*h, w_fc1)), w_fc2)
@@ -343,6 +347,13 @@ class FastEsm2:
             else:
                 x, *h = add_layer_norm_fp8(x, down, next_w, next_b, next_eps)
         return out
+
+    def _rotary(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q scaling + rotary on q and k of a packed batch: the Triton pass on CUDA, else
+        :func:`esm_rotary_qk` (compiled when compiling)."""
+        if self.triton_rotary:
+            return rotary_qk(qkv, cos, sin, self.scaling)
+        return self.packed_rotary(qkv, cos, sin, self.scaling)
 
     def embed_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Mean over residues (BOS/EOS left out) per sequence, fp32 ``[B, D]``."""

@@ -9,7 +9,8 @@ batch, 6% of the DNABERT-S forward.
 So the bias is built once per batch in 16-aligned storage (:func:`aligned_bias`, a view of the
 same values) and attention is a custom op (:func:`alibi_attention`) that inductor treats as an
 opaque call: the view reaches SDPA as it is, and nothing is padded. The op is registered by
-:func:`register_alibi_attention` (``FastDnabert`` calls it), not at import. It is exactly
+:func:`register_alibi_attention` (``FastDnabert`` calls it before its first compiled call), not at
+import. It is exactly
 ``scaled_dot_product_attention(q, k, v, attn_mask=bias)``, returned as ``[B, T, heads, head]``
 (the memory-efficient kernel's own layout, so no transpose copy either). Where the op cannot be
 registered, the same SDPA call runs directly. Measured with the bf16 residual option on the same

@@ -279,11 +279,12 @@ def test_gpu_compiled_dnabert_pads_no_bias_per_layer() -> None:
     model = build_random_dnabert(config, cuda, torch.bfloat16)
     tokenizer = DnaTokenizer.from_model_dir(Path("/nonexistent"))
     embedder = DnabertEmbedder(model, tokenizer, **dnabert_fast_options(Precision.BF16))
-    assert embedder.runner.layer.enabled and embedder.runner.opaque_attention
+    assert embedder.runner.layer.enabled and embedder.runner.opaque_attention is None  # not yet
     ids, keep = _dnabert_batch(embedder, ["ACGTTGCAGT" * 9 + "A", "GATTACA" * 5] * 40)
     assert ids.shape[1] % 16 != 0
     ids, keep = ids.to(cuda), keep.to(cuda)
     embedder.runner(ids, keep)  # compile
+    assert embedder.runner.opaque_attention  # registered before the first compiled call
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         embedder.runner(ids, keep)

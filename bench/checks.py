@@ -23,6 +23,30 @@ class CheckSections:
         out, _ = run_embedder(embedder, sequences, self.budget(embedder.dim, precision), 10**9)
         return out
 
+    def bf16_embedders(self) -> tuple[Any, Any]:
+        """The bf16 embedders of the stage-alone sections, or the same ones built again from the seed
+        (a pipeline section releases the in-process models before ``precision`` runs)."""
+        import torch
+
+        from virnucpro.config import Precision
+        from virnucpro.models.embedders import (
+            DnabertEmbedder, Esm2Embedder, dnabert_fast_options, esm_fast_options,
+        )
+        from virnucpro.models.reference.dnabert import build_random_dnabert
+        from virnucpro.models.reference.esm2 import build_random_esm2
+
+        m, seed = self.models, self.args.seed
+        dtype = torch.bfloat16 if self.on_gpu else torch.float32
+        if "esm_bf16" not in self.embedders:
+            esm = build_random_esm2(m.esm_spec, self.device, dtype, seed=seed)
+            options = esm_fast_options(Precision.BF16) if self.on_gpu else {}
+            self.embedders["esm_bf16"] = Esm2Embedder(esm, fast=True, **options)
+        if "dnabert_bf16" not in self.embedders:
+            dna = build_random_dnabert(m.dnabert_config, self.device, dtype, seed=seed)
+            options = dnabert_fast_options(Precision.BF16) if self.on_gpu else {}
+            self.embedders["dnabert_bf16"] = DnabertEmbedder(dna, m.tokenizer, fast=True, **options)
+        return self.embedders["esm_bf16"], self.embedders["dnabert_bf16"]
+
     def precision(self) -> None:
         import numpy as np
         import torch
@@ -62,23 +86,22 @@ class CheckSections:
         ref_chunks = chunk_calls(p32)
         self.say(f"fp32 reference on {len(frames)} frames in {time.perf_counter() - t:.1f} s")
         del dna32
+        esm_bf16, dna_bf16 = self.bf16_embedders()
         candidates: list[tuple[str, Precision, Any, Any]] = [
             ("bf16 (compiled fast path: the pipeline's; ESM-2 bf16 residual + fused GELU, DNABERT-S "
-             "bf16 residual)", Precision.BF16, self.embedders.get("esm_bf16"),
-             self.embedders.get("dnabert_bf16")),
+             "bf16 residual)", Precision.BF16, esm_bf16, dna_bf16),
         ]
         if self.on_gpu:
             candidates.append(("bf16, DNABERT-S with the fp32 residual stream (eager)", Precision.BF16,
-                               self.embedders.get("esm_bf16"),
-                               DnabertEmbedder(m.dnabert, m.tokenizer, fast=True, compile=False)))
+                               esm_bf16, DnabertEmbedder(dna_bf16.model, m.tokenizer, fast=True, compile=False)))
         esm_options = (("none (fp32 residual, erf GELU: the exact function in bf16)", {}),
                        ("bf16 residual only", {"residual_dtype": torch.bfloat16}),
                        ("fused bias+GELU only (tanh GELU)", {"fused_gelu": True}))
         if self.on_gpu:
             for label, options in esm_options:  # eager: the same function the compiled path runs
                 candidates.append((f"bf16, ESM-2 options: {label} (eager)", Precision.BF16,
-                                   Esm2Embedder(m.esm, fast=True, compile=False, **options),
-                                   self.embedders.get("dnabert_bf16")))
+                                   Esm2Embedder(esm_bf16.model, fast=True, compile=False, **options),
+                                   dna_bf16))
         for label, dt in (("fp16 (fast path, eager)", torch.float16),):
             e16 = build_random_esm2(m.esm_spec, self.device, dt, seed=self.args.seed)
             d16 = build_random_dnabert(m.dnabert_config, self.device, dt, seed=self.args.seed)
@@ -92,7 +115,7 @@ class CheckSections:
             candidates.append(("fp8 (ESM-2's GEMMs in e4m3, row-wise scales; DNABERT-S bf16)", Precision.FP8,
                                Esm2Embedder(e8, fast=True, packed=True, compile=self.on_gpu,
                                             **esm_fast_options(Precision.FP8)),
-                               self.embedders.get("dnabert_bf16")))
+                               dna_bf16))
         for label, precision, esm_emb, dna_emb in candidates:
             if esm_emb is None or dna_emb is None:
                 continue

@@ -7,7 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PipelineSections"]
+__all__ = ["PipelineSections", "FAST_DEFAULT_PARTS"]
+
+FAST_DEFAULT_PARTS = ("auto", "duplicates", "cache", "process", "pool_start")
+"""The ``fast_default`` section's parts, in the order they run (the first three on one started pool)."""
 
 
 class PipelineSections:
@@ -233,48 +236,68 @@ class PipelineSections:
         self.say(f"standard: {total_s:.1f} s for {len(walls_s)} samples")
 
     # -- fast by default (issue 14) -------------------------------------------------------------
-    def _started_run(self, config: Any) -> tuple[Any, float, float]:
-        """``run_prediction`` on a pool started first: (result, wall without the start, start)."""
+    def _started_run(self, config: Any, lease: Any = None) -> tuple[Any, float, float]:
+        """``run_prediction`` on a pool started first: (result, wall without the start, start).
+        ``lease``: a started lease to run on (kept open); None starts and closes one."""
         from virnucpro.pipeline.lease import PoolLease
         from virnucpro.pipeline.plan import plan_run
         from virnucpro.pipeline.prediction import run_prediction
 
-        lease = PoolLease.owned()
+        own = lease is None
+        lease = PoolLease.owned() if own else lease
         try:
             plan = plan_run(config, True)
             start_s = lease.start(list(plan.devices), plan.spec)
             t = time.perf_counter()
-            result = run_prediction(config, lease=lease)
+            result = run_prediction(config, lease=lease.lend())
             return result, time.perf_counter() - t, start_s
         finally:
-            lease.close()
+            if own:
+                lease.close()
 
-    def _started_rate_row(self, name: Callable[[Any], str], config: Any, stage_fields: tuple[str, ...]) -> float:
+    def _started_rate_row(self, name: Callable[[Any], str], config: Any, stage_fields: tuple[str, ...],
+                          lease: Any = None) -> float:
         """One ``fast-default`` row of a run on a started pool (frames, wall, frames/s, and each
         stage's ``stage_fields``); returns its frames/s."""
-        res, wall, _ = self._started_run(config)
+        res, wall, _ = self._started_run(config, lease)
         rate = res.prepared.n_frames / wall
         self.row("fast-default", name=name(res), frames=res.prepared.n_frames, wall_s=wall, frames_per_s=rate,
                  **{f"{field}_{st.stage.value}": getattr(st, field) for st in res.stages for field in stage_fields})
         return rate
 
     def fast_default(self) -> None:
-        """What ``virnucpro predict`` runs without --precision, as a whole process too; pool start
-        cold and warm; a sample with 30% duplicate frames against one without."""
-        import os
-        import subprocess
-        import sys
-        import tempfile
+        """What ``virnucpro predict`` runs without --precision: on a started pool (one pool for the
+        default run, the duplicates pair and the embedding-cache pair), as a whole process, and the
+        pool's start cold and warm. ``--fast-default-parts`` picks the parts."""
+        from virnucpro.pipeline.lease import PoolLease
 
+        parts = [p for p in self.args.fast_default_parts.split(",") if p]
+        unknown = set(parts) - set(FAST_DEFAULT_PARTS)
+        if unknown:
+            raise ValueError(f"unknown --fast-default-parts {sorted(unknown)}; choose from {FAST_DEFAULT_PARTS}")
+        self.free_gpu()
+        lease = PoolLease.owned()
+        try:
+            for part in FAST_DEFAULT_PARTS:
+                if part not in parts:
+                    continue
+                if part in ("process", "pool_start"):
+                    lease.close()  # these start their own workers: the GPU is theirs
+                    lease = PoolLease.owned()
+                if self.args.time_limit - self.elapsed() < 60:
+                    self.row("fast-default", name=f"{part} [skipped: time]")
+                    continue
+                getattr(self, f"_fast_default_{part}")(lease)
+        finally:
+            lease.close()
+
+    def _fast_default_auto(self, lease: Any) -> None:
         from virnucpro.config import Precision
 
-        self.free_gpu()
-        sample = self.paths["sample"]
         esm_alone = self.result.get("esm500_frames_per_s")
         fastest = self.result.get("pipeline_1gpu_frames_per_s")  # bf16: the fastest validated
-        # 1. default precision (auto), pool started
         result, wall, start_s = self._started_run(
-            self._config(sample, self.work / "run_auto", (0,), True, precision=Precision.AUTO))
+            self._config(self.paths["sample"], self.work / "run_auto", (0,), True, precision=Precision.AUTO), lease)
         row = self._pipeline_row("pipeline, default precision (auto), pool started before", result,
                                  wall, start_s)
         if fastest:
@@ -283,7 +306,64 @@ class PipelineSections:
             row["pipeline_vs_esm_alone"] = row["frames_per_s"] / esm_alone
         self.row("fast-default", **row)
         self.say(f"default precision: {row['frames_per_s']:.0f} frames/s")
-        # 2. pool start, cold (fresh compile caches) then warm (same caches)
+
+    def _fast_default_duplicates(self, lease: Any) -> None:
+        """30% duplicate records against none, samples of the same size, on the started pool."""
+        from bench.sample import write_fasta
+        from virnucpro.config import Precision
+
+        n = max(10, len(self.fragments) // 4)
+        distinct = self.fragments[:n]
+        keep = distinct[: n - (3 * n) // 10]
+        dup = keep + [(f"dup{k}_{name}", seq) for k, (name, seq) in enumerate(keep[: n - len(keep)])]
+        rates = {}
+        for label, frags in (("no duplicates", distinct), ("30% duplicate records", dup)):
+            path = write_fasta(self.work / f"sample_{label.split()[0]}.fa", frags)
+            config = self._config(path, self.work / f"run_{label.split()[0]}", (0,), True,
+                                  precision=Precision.AUTO)
+            rates[label] = self._started_rate_row(
+                lambda res, label=label: f"pipeline, {label} ({res.prepared.n_frames} frames), pool started",
+                config, ("duplicate_frames",), lease)
+        ratio = rates["30% duplicate records"] / rates["no duplicates"]
+        self.row("fast-default", name="30% duplicates vs none: frames/s ratio", speedup=ratio)
+        self.say(f"duplicates: {ratio:.2f}x frames/s")
+
+    def _fast_default_cache(self, lease: Any) -> None:
+        self._embedding_cache_rows(self.paths["sample"], lease)
+
+    def _fast_default_process(self, lease: Any) -> None:
+        """The whole `virnucpro predict` process (default precision, resident workers)."""
+        import subprocess
+        import sys
+
+        sample = self.paths["sample"]
+        esm_alone = self.result.get("esm500_frames_per_s")
+        out = self.work / "run_cli"
+        cmd = [sys.executable, "-m", "virnucpro.cli", "predict", str(sample), "--output-dir", str(out),
+               "--dnabert-model", str(self.paths["dnabert_dir"]), "--esm-model", str(self.paths["esm_ckpt"]),
+               "--classifier", str(self.paths["classifier"]), "--persistent-models", "--no-resume",
+               "--shard-frames", str(self.args.shard_frames)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        frames = len(self.frames500)
+        row = {"wall_s": wall, "frames": frames, "frames_per_s": frames / wall, "rc": proc.returncode}
+        if esm_alone:
+            row["vs_esm_alone"] = frames / wall / esm_alone
+        if proc.returncode:
+            self.note(f"virnucpro predict failed: {proc.stderr[-800:]}")
+        else:
+            self.say("virnucpro predict log (the process's own lines):\n" + proc.stderr[-6000:])
+        self.row("fast-default", name="whole `virnucpro predict` process (subprocess, default "
+                 "precision, --persistent-models)", **row)
+        self.say(f"virnucpro predict process: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s)")
+
+    def _fast_default_pool_start(self, lease: Any) -> None:
+        """The pool's start with fresh compile caches, then again with the same caches."""
+        import os
+        import tempfile
+
+        from virnucpro.config import Precision
         from virnucpro.pipeline.lease import PoolLease
         from virnucpro.pipeline.plan import plan_run
 
@@ -293,15 +373,16 @@ class PipelineSections:
         os.environ["TRITON_CACHE_DIR"] = str(caches / "triton")
         try:
             for label in ("cold (fresh compile caches)", "warm (second start, caches warm)"):
-                lease = PoolLease.owned()
-                config = self._config(sample, self.work / "pool_start", (0,), True, precision=Precision.AUTO)
+                own = PoolLease.owned()
+                config = self._config(self.paths["sample"], self.work / "pool_start", (0,), True,
+                                      precision=Precision.AUTO)
                 try:
                     plan = plan_run(config, True)
-                    start_s = lease.start(list(plan.devices), plan.spec)
-                    loads = [(round(w.ready.load_seconds, 1)) for w in lease.pool.workers if w.ready]
-                    phases = [w.start_phases for w in lease.pool.workers]
+                    start_s = own.start(list(plan.devices), plan.spec)
+                    loads = [(round(w.ready.load_seconds, 1)) for w in own.pool.workers if w.ready]
+                    phases = [w.start_phases for w in own.pool.workers]
                 finally:
-                    lease.close()
+                    own.close()
                 self.row("fast-default", name=f"pool start, {label}", pool_start_s=start_s,
                          worker_load_compile_s=loads, worker_start_phases_s=phases)
                 self.say(f"pool start {label}: {start_s:.1f} s")
@@ -311,55 +392,8 @@ class PipelineSections:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        # 3. the whole `virnucpro predict` process (default precision, resident workers)
-        if self.args.time_limit - self.elapsed() > 90:
-            out = self.work / "run_cli"
-            cmd = [sys.executable, "-m", "virnucpro.cli", "predict", str(sample), "--output-dir", str(out),
-                   "--dnabert-model", str(self.paths["dnabert_dir"]), "--esm-model", str(self.paths["esm_ckpt"]),
-                   "--classifier", str(self.paths["classifier"]), "--persistent-models", "--no-resume",
-                   "--shard-frames", str(self.args.shard_frames)]
-            t = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t
-            frames = result.prepared.n_frames
-            row = {"wall_s": wall, "frames": frames, "frames_per_s": frames / wall, "rc": proc.returncode}
-            if esm_alone:
-                row["vs_esm_alone"] = frames / wall / esm_alone
-            if proc.returncode:
-                self.note(f"virnucpro predict failed: {proc.stderr[-800:]}")
-            self.row("fast-default", name="whole `virnucpro predict` process (subprocess, default "
-                     "precision, --persistent-models)", **row)
-            self.say(f"virnucpro predict process: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s)")
-        else:
-            self.row("fast-default", name="whole `virnucpro predict` process [skipped: time]")
-        # 4. 30% duplicate frames vs none, same size
-        if self.args.time_limit - self.elapsed() > 60:
-            from bench.sample import write_fasta
 
-            n = max(10, len(self.fragments) // 4)
-            distinct = self.fragments[:n]
-            keep = distinct[: n - (3 * n) // 10]
-            dup = keep + [(f"dup{k}_{name}", seq) for k, (name, seq) in enumerate(keep[: n - len(keep)])]
-            rates = {}
-            for label, frags in (("no duplicates", distinct), ("30% duplicate records", dup)):
-                path = write_fasta(self.work / f"sample_{label.split()[0]}.fa", frags)
-                config = self._config(path, self.work / f"run_{label.split()[0]}", (0,), True,
-                                      precision=Precision.AUTO)
-                rates[label] = self._started_rate_row(
-                    lambda res, label=label: f"pipeline, {label} ({res.prepared.n_frames} frames), pool started",
-                    config, ("duplicate_frames",))
-            ratio = rates["30% duplicate records"] / rates["no duplicates"]
-            self.row("fast-default", name="30% duplicates vs none: frames/s ratio", speedup=ratio)
-            self.say(f"duplicates: {ratio:.2f}x frames/s")
-        else:
-            self.row("fast-default", name="30% duplicates vs none [skipped: time]")
-        # 5. the embedding cache (--embedding-cache): a sample run twice, filling then reading it
-        if self.args.time_limit - self.elapsed() > 60:
-            self._embedding_cache_rows(sample)
-        else:
-            self.row("fast-default", name="embedding cache, fill then read [skipped: time]")
-
-    def _embedding_cache_rows(self, sample: Path) -> None:
+    def _embedding_cache_rows(self, sample: Path, lease: Any = None) -> None:
         import dataclasses
 
         from virnucpro.config import Precision
@@ -372,7 +406,7 @@ class PipelineSections:
                 embedding_cache=cache)
             rates[label] = self._started_rate_row(
                 lambda res, label=label: f"pipeline, --embedding-cache, the run that {label}, pool started",
-                config, ("cache_hits", "cache_added"))
+                config, ("cache_hits", "cache_added"), lease)
         ratio = rates["reads every row from the cache"] / rates["fills the cache"]
         self.row("fast-default", name="embedding cache: second run vs first, frames/s ratio", speedup=ratio)
         self.say(f"embedding cache: {ratio:.2f}x frames/s on the second run")

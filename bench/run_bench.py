@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 from bench.checks import CheckSections  # noqa: E402 - after the path set-up above
 from bench.measure import sync  # noqa: E402
-from bench.pipeline_runs import PipelineSections  # noqa: E402
+from bench.pipeline_runs import FAST_DEFAULT_PARTS, PipelineSections  # noqa: E402
 from bench.sample import frames_of, make_sample, write_fasta  # noqa: E402
 from bench.stages import StageSections  # noqa: E402
 
@@ -380,7 +380,7 @@ class Bench(StageSections, CheckSections, PipelineSections):
             "profile": {"esm_alone", "dnabert_alone"},
             "pipeline": {"write_models"}, "persistent_vs_standard": {"write_models"},
             "pipeline_batch": {"write_models", "esm_alone"},
-            "fast_default": {"write_models", "esm_alone"},
+            "fast_default": {"write_models"},  # esm_alone only for the ratios (present when run)
         }
         if only is not None:
             only |= {"env", "sample", "models"}
@@ -417,6 +417,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard-frames", type=int, default=1024,
                    help="frames per shard (pipeline runs and the stage-alone emulation)")
     p.add_argument("--toks-per-batch", type=int, default=None)
+    p.add_argument("--fast-default-parts", default=",".join(FAST_DEFAULT_PARTS),
+                   help="parts of the fast_default section, comma-separated [default: all: %(default)s]")
     p.add_argument("--quick-baseline", action="store_true",
                    help="baseline on small subsets (rates extrapolated, labelled)")
     p.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke runs, tests)")

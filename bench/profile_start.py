@@ -17,6 +17,7 @@ import cProfile
 import io
 import os
 import pstats
+import queue
 import sys
 import time
 from pathlib import Path
@@ -54,16 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec(dnabert_path=args.models / "dnabert_s", esm_path=args.models / "esm2_t36_3B_UR50D.pt",
                       precision=precision, on_gpu=on_gpu, preload=(FeatureStage.DNABERT, FeatureStage.ESM))
 
-    class _Sink:
-        def put(self, message: object) -> None:
-            pass
-
     t = time.perf_counter()
     if on_gpu:
         torch.cuda.init()
         torch.empty(1, device="cuda")
     cuda_init = time.perf_counter() - t
-    worker = _Worker("profile", spec, _Sink())
+    results: queue.SimpleQueue[object] = queue.SimpleQueue()  # what the worker would send its parent
+    worker = _Worker("profile", spec, results)
     profile = cProfile.Profile()
     t = time.perf_counter()
     profile.enable()
@@ -74,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     text = io.StringIO()
     text.write(f"imports {imported:.2f} s, CUDA init {cuda_init:.2f} s, load_all {load_all:.2f} s\n")
     text.write(f"read: {worker.load_seconds}\nwarm-up: {worker.compile_seconds}\n"
-               f"warm-up steps: {worker.warmup_steps}\n\n")
+               f"warm-up steps: {worker.warmup_steps}\n")
+    sent = []
+    while not results.empty():
+        sent.append(type(results.get()).__name__)
+    text.write(f"messages sent while loading: {sent or 'none'}\n\n")
     for order in ("cumulative", "tottime"):
         stats = pstats.Stats(profile, stream=text)
         stats.sort_stats(order).print_stats(args.top)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from tests.integration.pipeline_helpers import write_sample
 from virnucpro.cli import cli
+from virnucpro.pipeline.work_queue import PHASES
 
 pytest.importorskip("torch")
 
@@ -95,10 +96,15 @@ def test_each_rate_says_what_it_covers(verbose_run) -> None:  # type: ignore[no-
     assert re.search(r"\d+ frames in [\d.]+ s embedding \(\d+ frames/s, \d+ tokens/s\)", progress)
     summary = next(m for m in messages if m.startswith("DNABERT-S: ") and "whole stage" in m)
     match = re.search(r"in ([\d.]+) s \(([\d.]+) s embedding: (\d+) frames/s, \d+ tokens/s; ([\d.]+) s "
-                      r"getting workers ready and checking files; (\d+) frames/s over the whole stage\)", summary)
+                      r"getting workers ready and checking files \(([^)]*)\); (\d+) frames/s over the whole "
+                      r"stage\)", summary)
     assert match, summary
-    total, embed, embed_rate, waiting, whole_rate = map(float, match.groups())
+    total, embed, embed_rate, waiting, whole_rate = map(float, match.group(1, 2, 3, 4, 6))
     assert embed >= 0 and waiting >= 0 and abs(embed + waiting - total) <= 0.15  # printed to 0.1 s
+    steps = dict(re.fullmatch(r"(.+) ([\d.]+) s", part).groups() for part in match.group(5).split(", "))
+    assert list(steps) == list(PHASES.values())  # each step outside the embedding, named
+    assert abs(sum(map(float, steps.values())) - waiting) <= 0.05 * len(steps) + 0.05  # they add up to it
+    assert dnabert["phase_seconds"]["workers"] >= dnabert["pool_start_seconds"] - 0.05
     assert waiting >= dnabert["pool_start_seconds"] - 0.05  # the workers' start is not in the embedding rate
     assert embed_rate == round(dnabert["frames"] / dnabert["embed_seconds"])  # from the unrounded seconds
     assert whole_rate == round(dnabert["frames"] / dnabert["seconds"]) < embed_rate

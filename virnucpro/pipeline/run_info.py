@@ -13,7 +13,7 @@ import platform
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,13 @@ class StageInfo:
     duplicate_frames: int = 0
     cache_hits: int = 0  # frames read from the embedding cache
     cache_added: int = 0  # rows added to the embedding cache
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # time outside embedding, by step
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
         extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames", "cache_hits",
-                                            "cache_added")}
+                                            "cache_added", "phase_seconds")}
         return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property

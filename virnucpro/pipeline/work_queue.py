@@ -35,12 +35,20 @@ from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
 from virnucpro.pipeline.shards import Shard, check_feature_ids, features_complete, iter_shard_ids
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["BatchQueueManager", "StageReport", "Progress", "WORKER_PEAK_GPU", "WORKER_PEAK_CPU"]
+__all__ = ["BatchQueueManager", "StageReport", "Progress", "PHASES", "WORKER_PEAK_GPU", "WORKER_PEAK_CPU"]
 
 logger = logging.getLogger(__name__)
 
 WORKER_PEAK_GPU = "CUDA memory allocated by torch (peak)"
 WORKER_PEAK_CPU = "worker process resident memory (peak RSS)"
+
+PHASES = {
+    "plan": "finding done shards and duplicates",
+    "workers": "waiting for the workers' start",
+    "stage_end": "ending the stage on the workers",
+    "finish": "writing duplicates' rows and checking the files",
+}
+"""The steps of a stage outside its embedding (``StageReport.phase_seconds``), in the closing line's words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,7 @@ class StageReport:
     duplicate_frames: int = 0  # frames not computed: an earlier frame of the run has the same input
     cache_hits: int = 0  # frames read from the embedding cache (--embedding-cache)
     cache_added: int = 0  # rows this stage added to the embedding cache
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # the stage's time outside embedding, by step (PHASES)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -144,10 +153,11 @@ class StageReport:
         embed_frames = self.frames / self.embed_seconds if self.embed_seconds > 0 else 0.0
         embed_tokens = self.tokens / self.embed_seconds if self.embed_seconds > 0 else 0.0
         waiting = max(0.0, self.seconds - self.embed_seconds)
+        steps = ", ".join(f"{PHASES[k]} {v:.1f} s" for k, v in self.phase_seconds.items() if k in PHASES)
         line = (f"{self.stage.label}: {self.frames} frames, {self.tokens} tokens in {self.seconds:.1f} s "
                 f"({self.embed_seconds:.1f} s embedding: {embed_frames:.0f} frames/s, "
                 f"{embed_tokens:.0f} tokens/s; {waiting:.1f} s getting workers ready and checking "
-                f"files; {self.frames_per_s:.0f} frames/s over the whole stage)")
+                f"files{f' ({steps})' if steps else ''}; {self.frames_per_s:.0f} frames/s over the whole stage)")
         if self.shards_skipped:
             line += f"; {self.shards_skipped} of {self.shards_total} shards were already done"
         if self.duplicate_frames:
@@ -204,6 +214,7 @@ class BatchQueueManager:
         """Compute ``stage`` features for every shard not already on disk; verify all of them.
         Rows ``cache`` holds are read from it; the rows computed are added to it."""
         started = time.perf_counter()
+        phases: dict[str, float] = {}
         expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
         todo = [s for s in shards
                 if not features_complete(paths.feature_file(stage.value, s.name), expected[s.shard_id])]
@@ -218,19 +229,25 @@ class BatchQueueManager:
         embed_seconds = 0.0
         planned = dedupe.plan_unique(stage, shards, todo, paths, cache) if todo else []
         work = [(u.work, u.out_path) for u in planned if u.work is not None and not dedupe.work_done(u)]
+        phases["plan"] = time.perf_counter() - started
         if work:
+            acquire = time.perf_counter()
             with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
                 pool_start = handle.start_seconds
                 restarts_before = sum(w.restarts for w in handle.pool.workers)
                 embed_started = time.perf_counter()
+                phases["workers"] = embed_started - acquire
                 dones = self._run_on(handle.pool, stage, work)
                 embed_seconds = time.perf_counter() - embed_started
+                stage_end = time.perf_counter()
+            phases["stage_end"] = time.perf_counter() - stage_end
             for info in handle.pool.workers:
                 peaks[info.name] = info.peak_mib
                 loads[info.name] = dict(info.total_model_loads)
             restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
             for end in handle.ended:
                 peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+        finishing = time.perf_counter()
         sources = dedupe.SourceFiles()
         for unique in planned:  # in shard order: a duplicate's source shard is complete already
             if unique.needs_expanding:
@@ -242,6 +259,7 @@ class BatchQueueManager:
         hits = sum(u.cache_hits for u in planned)
         for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
             check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
+        phases["finish"] = time.perf_counter() - finishing
         report = StageReport(
             stage=stage,
             persistent=self.use_persistent_pool,
@@ -262,6 +280,7 @@ class BatchQueueManager:
             duplicate_frames=duplicates,
             cache_hits=hits,
             cache_added=added,
+            phase_seconds=phases,
         )
         logger.info("%s", report.describe())
         return report

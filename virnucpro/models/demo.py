@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from virnucpro.models.demo_marker import DEMO_MARKER, is_demo_model
 from virnucpro.models.reference.classifier import MLPClassifier, save_classifier
 from virnucpro.models.reference.dnabert import DnabertConfig, DnabertS
 from virnucpro.models.reference.esm2 import Esm2Encoder, Esm2Spec
@@ -43,7 +44,6 @@ __all__ = [
     "write_original_classifier",
 ]
 
-DEMO_MARKER = "DEMO_MODELS.json"
 DEMO_DNABERT_CONFIG = DnabertConfig(
     hidden_size=48, num_hidden_layers=2, num_attention_heads=12, intermediate_size=96
 )
@@ -241,19 +241,3 @@ def make_demo_models(out_dir: Path, seed: int = 0) -> DemoModels:
     return DemoModels(out_dir, dnabert, esm, pickles, safetensors)
 
 
-def is_demo_model(path: Path) -> bool:
-    """Whether ``path`` (or the directory/file it lies in) is listed in a demo marker."""
-    path = Path(path).resolve()
-    for parent in [path, *path.parents][:4]:
-        marker = parent / DEMO_MARKER
-        if not marker.is_file():
-            continue
-        try:
-            listed = json.loads(marker.read_text()).get("files", [])
-        except (OSError, ValueError):
-            return True  # a damaged marker still marks the directory as demo
-        for name in listed:
-            target = (parent / name).resolve()
-            if path == target or target in path.parents:
-                return True
-    return False

@@ -27,7 +27,8 @@ from typing import Literal
 from virnucpro.config import ModelOrigin
 from virnucpro.domain.checksums import sha256_file_unchanged
 from virnucpro.errors import ModelNotFoundError
-from virnucpro.models.reference.dnabert import WEIGHT_FILES
+from virnucpro.models.demo_marker import is_demo_model
+from virnucpro.models.files import WEIGHT_FILES
 from virnucpro.models.reference.dnabert_tokenizer import tokenizer_path
 
 __all__ = [
@@ -263,8 +264,6 @@ def _find(
 
 
 def _mark_demo(location: ModelLocation) -> ModelLocation:
-    from virnucpro.models.demo import is_demo_model
-
     if location.source != "demo" and is_demo_model(location.path):
         logger.warning(
             "%s is a VirNucPro DEMO model with random weights: its calls are meaningless",

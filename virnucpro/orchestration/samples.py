@@ -28,7 +28,7 @@ from virnucpro.orchestration.task_runner import GpuTaskRunner, current_gpu_runne
 from virnucpro.orchestration.tasks import STEP_TASKS
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.parameters import build_config
-from virnucpro.pipeline.steps import PLAN
+from virnucpro.pipeline.steps import CHECK_MODELS, PLAN
 
 __all__ = ["BATCH_RUN_PARAMETERS", "BatchSample", "SampleRun", "run_samples", "error_text", "to_samples",
            "json_parameters"]
@@ -105,8 +105,11 @@ def run_samples(predict: Flow, samples: Sequence[Sample], params: Mapping[str, A
     if not ordered:
         return SampleRun((), lease)
     first = ordered[0]
-    # resolves the models once: a missing model fails the batch here, not once per sample
-    STEP_TASKS[PLAN.name].submit(build_config({"input_fasta": first.path, **params}), lease.persistent).result()
+    # resolves and checks the models once: a missing or mismatched model fails the batch here,
+    # not once per sample
+    plan = STEP_TASKS[PLAN.name].submit(build_config({"input_fasta": first.path, **params}),
+                                        lease.persistent).result()
+    STEP_TASKS[CHECK_MODELS.name].submit(plan).result()
     try:
         for sample in ordered:
             task_runner = GpuTaskRunner(lender=lease) if lease.persistent else GpuTaskRunner(persistent_models=False)

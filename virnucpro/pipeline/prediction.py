@@ -26,6 +26,7 @@ from virnucpro.pipeline.output_dir import clear_earlier_outputs
 from virnucpro.pipeline.output_lock import output_lock
 from virnucpro.pipeline.stage import FEATURE_STAGES
 from virnucpro.pipeline.steps import (
+    CHECK_MODELS,
     CHECKPOINT,
     CHECKSUMS,
     CLASSIFY,
@@ -82,8 +83,9 @@ def _run(
     checkpoints = [call.run(CHECKPOINT, "start", None)]
     plan = call.run(PLAN, config, lease.persistent)
     checksums = call.start(CHECKSUMS, plan.models)  # hashes the large files while the run goes on
-    # resident workers load their models while the input is prepared
+    # resident workers load their models while the models are checked and the input is prepared
     workers = call.start(START_WORKERS, lease, plan) if lease.persistent else None
+    call.run(CHECK_MODELS, plan)  # before any work; the first import of torch in this process
     prepared = call.run(PREPARE, config)
     timings: dict[str, float] = {"prepare": prepared.seconds}
     if workers is not None:

@@ -1,6 +1,7 @@
 """The steps of a prediction run, listed once, and how a caller runs each one.
 
-A run is: plan → (model checksums, beside the rest) → prepare → DNABERT-S features → ESM-2
+A run is: plan → (model checksums and the resident workers' start, beside the rest) → check the
+models fit together → prepare → DNABERT-S features → ESM-2
 features → classify → report → finalize, with a memory checkpoint at the start, after each feature
 stage and at the end. :func:`virnucpro.pipeline.prediction.run_prediction` walks this order; HOW a
 step is called is the caller's choice (:class:`StepCaller`):
@@ -32,7 +33,8 @@ from virnucpro.pipeline.embedding_cache import EmbeddingCache, producer_key
 from virnucpro.pipeline.finalize import finalize_run
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
-from virnucpro.pipeline.plan import RunPlan, plan_run
+from virnucpro.models.compatibility import ModelDims
+from virnucpro.pipeline.plan import RunPlan, check_run_models, plan_run
 from virnucpro.pipeline.stage import FeatureStage
 from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
 from virnucpro.pipeline.work_keys import FEATURE_FORMAT_VERSION, claim_folder, feature_key, record_model_sha256
@@ -44,6 +46,7 @@ __all__ = [
     "DirectSteps",
     "Pending",
     "PLAN",
+    "CHECK_MODELS",
     "CHECKSUMS",
     "PREPARE",
     "START_WORKERS",
@@ -194,7 +197,15 @@ def _plan(config: RunConfig, persistent_models: bool) -> RunPlan:
     return plan
 
 
+def _check_models(plan: RunPlan) -> ModelDims:
+    dims = check_run_models(plan)
+    logger.info("models fit together: DNABERT-S %d + ESM-2 %d = the classifier's %d features",
+                dims.dnabert, dims.esm, dims.classifier)
+    return dims
+
+
 PLAN = Step("plan-run", _plan)
+CHECK_MODELS = Step("check-models", _check_models)
 CHECKSUMS = Step("model-checksums", model_checksums)
 PREPARE = Step("prepare", prepare_stage)
 START_WORKERS = Step("start-workers", start_workers)
@@ -207,7 +218,7 @@ CLASSIFY = Step("classify", classify_stage)
 REPORT = Step("report", report_stage)
 FINALIZE = Step("finalize", finalize_run)
 
-STEPS: tuple[Step, ...] = (PLAN, CHECKSUMS, PREPARE, START_WORKERS, *FEATURES.values(), CHECKPOINT,
+STEPS: tuple[Step, ...] = (PLAN, CHECK_MODELS, CHECKSUMS, PREPARE, START_WORKERS, *FEATURES.values(), CHECKPOINT,
                            CLASSIFY, REPORT, FINALIZE)
 """Every step of a run (the order a run takes them is :func:`run_prediction`'s)."""
 

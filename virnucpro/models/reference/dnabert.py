@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelLoadError
+from virnucpro.models.files import WEIGHT_FILES
 from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
 from virnucpro.models.reference.weights import (
     assign_state,
@@ -45,7 +46,6 @@ __all__ = [
     "WEIGHT_FILES",
 ]
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _PAD_BIAS = -10000.0
 _IGNORED_PREFIXES = ("cls.", "pooler.")
 _IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids")

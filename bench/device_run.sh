@@ -2,7 +2,7 @@
 # One call on a GPU machine: the GPU tests, then the benchmark; logs and tables under $OUT.
 #
 #   bash bench/device_run.sh            # OUT set by the caller; TEST_S / BENCH_S cap each part
-#   GPU_TESTS=... SECTIONS=... PARTS=... PROFILE_START=1 bash bench/device_run.sh   # a part of it
+#   GPU_TESTS=... SECTIONS=... PARTS=... PROFILE_START=1 PYSPY=1 bash bench/device_run.sh   # a part of it
 #
 # The GPU host has torch, triton, pytest, numpy, tokenizers, safetensors, click and nvidia-ml-py;
 # the rest travels as wheels in .whl/ (offline hosts; the device README's --platform list):
@@ -29,7 +29,12 @@ GPU_TESTS=${GPU_TESTS:-"tests/unit/models tests/unit/test_budget.py tests/unit/t
 timeout "${TEST_S:-240}" python3 -m pytest -q -rs -p no:cacheprovider --timeout=300 -m gpu $GPU_TESTS \
   2>&1 | tee "$OUT/gpu-tests.log" | tail -5
 # the benchmark: full-size random-weight models on the 20,000-chunk sample
-timeout "${BENCH_S:-330}" python3 bench/run_bench.py --out "$OUT/bench" --work /tmp/vbench --n-chunks 20000 \
+# PYSPY=1: the benchmark runs under py-spy (its wheel in .whl/), every process sampled, idle too
+SPY=()
+if [ "${PYSPY:-0}" = 1 ]; then
+  SPY=(/tmp/site/bin/py-spy record --idle --subprocesses --rate 50 --format speedscope -o "$OUT/bench.speedscope.json" --)
+fi
+timeout "${BENCH_S:-330}" "${SPY[@]}" python3 bench/run_bench.py --out "$OUT/bench" --work /tmp/vbench --n-chunks 20000 \
   --esm-frames 4000 --sections "${SECTIONS:-env,peak,sample,models,esm_alone,precision,pipeline,fast_default}" \
   --fast-default-parts "${PARTS:-auto,duplicates,cache,process,pool_start}" \
   --time-limit "$(( ${BENCH_S:-330} - 20 ))" 2>&1 | tee "$OUT/bench.log" | tail -20

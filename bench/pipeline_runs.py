@@ -342,7 +342,7 @@ class PipelineSections:
         cmd = [sys.executable, "-m", "virnucpro.cli", "predict", str(sample), "--output-dir", str(out),
                "--dnabert-model", str(self.paths["dnabert_dir"]), "--esm-model", str(self.paths["esm_ckpt"]),
                "--classifier", str(self.paths["classifier"]), "--persistent-models", "--no-resume",
-               "--shard-frames", str(self.args.shard_frames)]
+               "--shard-frames", str(self.args.shard_frames), "-v"]  # -v: each shard's line, timed
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t
@@ -353,7 +353,7 @@ class PipelineSections:
         if proc.returncode:
             self.note(f"virnucpro predict failed: {proc.stderr[-800:]}")
         else:
-            self.say("virnucpro predict log (the process's own lines):\n" + proc.stderr[-6000:])
+            self.say("virnucpro predict log (the process's own lines):\n" + proc.stderr[-12000:])
         self.row("fast-default", name="whole `virnucpro predict` process (subprocess, default "
                  "precision, --persistent-models)", **row)
         self.say(f"virnucpro predict process: {row['frames_per_s']:.0f} frames/s (wall {wall:.1f} s)")

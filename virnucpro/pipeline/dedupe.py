@@ -51,8 +51,8 @@ from virnucpro.pipeline.shards import (
 )
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["DEDUPE", "UniqueShard", "SourceFiles", "plan_unique", "work_done", "expand", "remove_unique",
-           "add_to_cache"]
+__all__ = ["DEDUPE", "UniqueShard", "SourceFiles", "Expansion", "plan_unique", "work_done", "expand",
+           "remove_unique", "add_to_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,62 @@ def expand(stage: FeatureStage, unique: UniqueShard, paths: OutputPaths,
         found[(source, source_id)] = matrix[index[source_id]]
     emb = np.stack([found[(source, source_id)] for _, source, source_id in unique.rows])
     save_features(paths.feature_file(stage.value, unique.shard.name), [r[0] for r in unique.rows], emb)
+
+
+class Expansion:
+    """Writes the full feature files of a stage's planned shards while the stage runs: a shard is
+    expanded as soon as its own rows are computed and every shard it copies rows from is complete
+    (a shard only copies from earlier shards, whose files are complete once expanded, computed
+    without duplicates, or done before the run). The stage then waits only for the shards that
+    finished last, not for all of them.
+
+    Not thread-safe: one thread calls :meth:`computed` (the stage's expanding thread), and
+    :meth:`finish` once that thread is done.
+    """
+
+    def __init__(self, stage: FeatureStage, shards: list[Shard], planned: list[UniqueShard],
+                 computed: Iterable[int], paths: OutputPaths) -> None:
+        """``shards``: every shard of the run; ``planned``: those to do (plan order = shard
+        order); ``computed``: the IDs of planned shards whose rows need no computing."""
+        planned_ids = {u.shard.shard_id for u in planned}
+        self.stage = stage
+        self.paths = paths
+        self.sources = SourceFiles()
+        self._pending = list(planned)
+        self._computed = set(computed)
+        self._complete = {s.name for s in shards if s.shard_id not in planned_ids}
+        self._needs = {
+            u.shard.shard_id: {source for _, source, _ in u.rows
+                               if source != u.shard.name and not source.startswith(CACHE_SOURCE)}
+            for u in planned
+        }
+        self.expanded = 0
+
+    def computed(self, shard_id: int | None = None) -> None:
+        """Shard ``shard_id``'s rows are computed (None: nothing new); expand what can be now."""
+        if shard_id is not None:
+            self._computed.add(shard_id)
+        progress = True
+        while progress:
+            progress = False
+            for unique in list(self._pending):
+                shard = unique.shard
+                if shard.shard_id not in self._computed or not self._needs[shard.shard_id] <= self._complete:
+                    continue
+                if unique.needs_expanding:
+                    expand(self.stage, unique, self.paths, self.sources)
+                    self.expanded += 1
+                self._complete.add(shard.name)
+                self._pending.remove(unique)
+                progress = True
+
+    def finish(self) -> None:
+        """Expand what is left (every shard's rows are computed by now)."""
+        self._computed.update(u.shard.shard_id for u in self._pending)
+        self.computed()
+        if self._pending:  # a source that is neither earlier nor planned: a planning bug
+            names = ", ".join(u.shard.name for u in self._pending[:5])
+            raise RuntimeError(f"shards {names} copy rows from shards that are not complete")
 
 
 def _file_ids(path: Path) -> list[str]:

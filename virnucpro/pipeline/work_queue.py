@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -229,29 +229,36 @@ class BatchQueueManager:
         embed_seconds = 0.0
         planned = dedupe.plan_unique(stage, shards, todo, paths, cache) if todo else []
         work = [(u.work, u.out_path) for u in planned if u.work is not None and not dedupe.work_done(u)]
+        to_compute = {shard.shard_id for shard, _ in work}
+        expansion = dedupe.Expansion(stage, shards, planned,
+                                     [u.shard.shard_id for u in planned if u.shard.shard_id not in to_compute],
+                                     paths)
         phases["plan"] = time.perf_counter() - started
-        if work:
-            acquire = time.perf_counter()
-            with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
-                pool_start = handle.start_seconds
-                restarts_before = sum(w.restarts for w in handle.pool.workers)
-                embed_started = time.perf_counter()
-                phases["workers"] = embed_started - acquire
-                dones = self._run_on(handle.pool, stage, work)
-                embed_seconds = time.perf_counter() - embed_started
-                stage_end = time.perf_counter()
-            phases["stage_end"] = time.perf_counter() - stage_end
-            for info in handle.pool.workers:
-                peaks[info.name] = info.peak_mib
-                loads[info.name] = dict(info.total_model_loads)
-            restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
-            for end in handle.ended:
-                peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
-        finishing = time.perf_counter()
-        sources = dedupe.SourceFiles()
-        for unique in planned:  # in shard order: a duplicate's source shard is complete already
-            if unique.needs_expanding:
-                dedupe.expand(stage, unique, paths, sources)
+        # duplicates' rows are copied into full feature files beside the stage, one thread
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="expand") as expander:
+            expanding: list[Future] = [expander.submit(expansion.computed)]
+            if work:
+                acquire = time.perf_counter()
+                with self.lease.stage_pool(self.devices, self.spec, stage) as handle:
+                    pool_start = handle.start_seconds
+                    restarts_before = sum(w.restarts for w in handle.pool.workers)
+                    embed_started = time.perf_counter()
+                    phases["workers"] = embed_started - acquire
+                    dones = self._run_on(handle.pool, stage, work, on_done=lambda shard: expanding.append(
+                        expander.submit(expansion.computed, shard.shard_id)))
+                    embed_seconds = time.perf_counter() - embed_started
+                    stage_end = time.perf_counter()
+                phases["stage_end"] = time.perf_counter() - stage_end
+                for info in handle.pool.workers:
+                    peaks[info.name] = info.peak_mib
+                    loads[info.name] = dict(info.total_model_loads)
+                restarts = sum(w.restarts for w in handle.pool.workers) - restarts_before
+                for end in handle.ended:
+                    peaks[end.worker] = max(peaks.get(end.worker, 0.0), end.peak_mib)
+            finishing = time.perf_counter()
+        for future in expanding:
+            future.result()  # an unreadable file found while expanding fails the stage here
+        expansion.finish()
         added = dedupe.add_to_cache(cache, planned) if cache is not None else 0
         if planned:
             dedupe.remove_unique(paths, stage)
@@ -290,7 +297,10 @@ class BatchQueueManager:
         pool: PersistentWorkerPool,
         stage: FeatureStage,
         todo: list[tuple[Shard, Path]],
+        on_done: Callable[[Shard], None] | None = None,
     ) -> list[TaskDone]:
+        """Run ``todo`` (shard, feature file) on ``pool``; ``on_done`` gets each shard as its
+        file is written."""
         ordered = sorted(todo, key=lambda job: -job[0].n_tokens)  # largest first: balanced finish
         futures: dict[Future, Shard] = {pool.submit(stage, s.path, out): s for s, out in ordered}
         dones: list[TaskDone] = []
@@ -313,6 +323,8 @@ class BatchQueueManager:
                             logger.debug("%s: shard abandoned after a failure: %r", stage.label, exc)
                     raise
                 dones.append(done)
+                if on_done is not None:
+                    on_done(futures[future])
                 logger.debug("%s: shard %s done by %s: %d frames, %d tokens in %.1f s", stage.label,
                              futures[future].name, done.worker, done.n_frames, done.n_tokens, done.seconds)
             now = time.perf_counter()

@@ -64,3 +64,41 @@ def test_the_switch_off_computes_every_frame(tmp_path: Path, monkeypatch) -> Non
     s0 = write_shard(tmp_path / "s0.tsv", 0, [_frame("a", "AAAA", "K"), _frame("b", "AAAA", "K")])
     (unique,) = dedupe.plan_unique(FeatureStage.ESM, [s0], [s0], OutputPaths(tmp_path))
     assert unique.duplicates == 0 and unique.work is s0
+
+
+def test_shards_are_expanded_as_soon_as_their_sources_are_complete(tmp_path: Path) -> None:
+    paths = OutputPaths(tmp_path)
+    s0 = write_shard(tmp_path / "s0.tsv", 0, [_frame("a", "AAAA", "K"), _frame("b", "CCCC", "P")])
+    s1 = write_shard(tmp_path / "s1.tsv", 1, [_frame("c", "GGGG", "G"), _frame("d", "GGGG", "G")])
+    s2 = write_shard(tmp_path / "s2.tsv", 2, [_frame("e", "CCCC", "P"), _frame("f", "TTTT", "F")])
+    shards = [s0, s1, s2]
+    planned = dedupe.plan_unique(FeatureStage.DNABERT, shards, shards, paths)
+    assert [u.needs_expanding for u in planned] == [False, True, True]
+    expansion = dedupe.Expansion(FeatureStage.DNABERT, shards, planned, [], paths)
+    full = [paths.feature_file("dnabert", s.name) for s in shards]
+
+    def computed(unique: dedupe.UniqueShard, rows: list[list[float]]) -> None:  # a worker's file, then the news
+        save_features(unique.out_path, unique.work_ids, np.array(rows))
+        expansion.computed(unique.shard.shard_id)
+
+    computed(planned[2], [[6.0]])  # its row for eF1 is s0's bF1: s0 is not complete yet
+    assert not full[2].exists() and expansion.expanded == 0
+    computed(planned[1], [[3.0]])  # copies only from itself: expanded at once
+    assert features_complete(full[1], ["cF1", "dF1"]) and expansion.expanded == 1
+    computed(planned[0], [[1.0], [2.0]])  # computed straight into its file; now s2 can be expanded
+    assert expansion.expanded == 2
+    with np.load(full[2]) as data:
+        assert list(data["ids"]) == ["eF1", "fF1"] and data["emb"].tolist() == [[2.0], [6.0]]
+    expansion.finish()  # nothing left
+
+
+def test_finishing_expands_what_is_left(tmp_path: Path) -> None:
+    paths = OutputPaths(tmp_path)
+    s0 = write_shard(tmp_path / "s0.tsv", 0, [_frame("a", "AAAA", "K")])
+    s1 = write_shard(tmp_path / "s1.tsv", 1, [_frame("b", "AAAA", "K")])  # every frame a duplicate
+    planned = dedupe.plan_unique(FeatureStage.ESM, [s0, s1], [s0, s1], paths)
+    assert planned[1].work is None
+    expansion = dedupe.Expansion(FeatureStage.ESM, [s0, s1], planned, [1], paths)
+    save_features(planned[0].out_path, ["aF1"], np.array([[5.0]]))
+    expansion.finish()
+    assert features_complete(paths.feature_file("esm", "shard_000001"), ["bF1"])

@@ -147,7 +147,9 @@ class PoolLease:
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
+            started = time.perf_counter()
             pool.close()
+            logger.info("stopped %d worker(s) in %.1f s", len(pool.workers), time.perf_counter() - started)
 
     def __enter__(self) -> "PoolLease":
         return self

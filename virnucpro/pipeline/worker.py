@@ -17,11 +17,13 @@ handles it, ends the workers (no traceback from each of them). SIGTERM ends a wo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -366,6 +368,18 @@ def task_failed(worker: str, task: EmbedTask, exc: Exception) -> TaskFailed:
     return TaskFailed(worker=worker, task_id=task.task_id, error=detail)
 
 
+def _exit_at_once() -> None:
+    """End the process now that its work is done: every result is sent (the pipes are
+    synchronous) and every feature file written and fsync-ed (``drain``). The interpreter's and
+    CUDA's teardown (about a second with 16 GB of models on a GPU, while the run waits) is skipped;
+    the driver frees the process's device memory when it ends."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     """Process entry point: load, then serve tasks until ``None`` arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
@@ -399,7 +413,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
         message = tasks.get()
         if message is None:
             worker.drain()
-            break
+            _exit_at_once()
         if isinstance(message, StageEnd):
             worker.send(worker.end_stage(message))
             continue

@@ -162,6 +162,10 @@ class _Worker:
                 self.load(stage)
             return
         started = time.perf_counter()
+        if self.spec.on_gpu:
+            from virnucpro.models.kernels.triton_support import prefetch_cache_key
+
+            prefetch_cache_key()  # Triton's ~0.5 s hash of itself, beside the reads, not in the warm-up
         with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="load") as pool:
             futures = {pool.submit(self._build_timed, stage): stage for stage in todo}
             for future in as_completed(futures):  # a failed read raises here, the others finish

@@ -11,12 +11,13 @@ reference, as every later call does (:meth:`~TritonKernel.usable`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["TritonKernel"]
+__all__ = ["TritonKernel", "prefetch_cache_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +76,30 @@ class TritonKernel:
             logger.warning(
                 "Triton %s failed (%s); using PyTorch", self.name, self.failed.splitlines()[0][:300]
             )
+
+
+def prefetch_cache_key() -> threading.Thread | None:
+    """Start computing, in a background thread, the key Triton puts in front of every kernel's
+    cache entry; the thread, or None where there is no Triton.
+
+    The first kernel a process looks up in Triton's cache makes Triton hash its own installation
+    (``triton.runtime.cache.triton_key``: libtriton, hundreds of MB, plus its sources; ~0.5 s on
+    an H200 host), and the result is kept for the process. A worker calls this while it reads
+    its models, so its warm-up finds the key computed. The hashing releases the GIL. Should
+    Triton's internals move, nothing happens here and the first lookup computes the key itself.
+    """
+    def compute() -> None:
+        try:
+            from triton.runtime.cache import triton_key
+
+            triton_key()
+        except Exception as exc:  # another Triton: its first lookup pays for the key, as before
+            logger.debug("Triton's cache key was not computed ahead: %r", exc)
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    thread = threading.Thread(target=compute, name="triton-cache-key", daemon=True)
+    thread.start()
+    return thread

@@ -92,3 +92,29 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_triton_s_cache_key_is_computed_ahead_when_there_is_triton() -> None:
+    """In a fresh process: with Triton, the thread leaves the key cached for the first kernel
+    lookup; without it (made unimportable here), nothing starts."""
+    code = """
+import sys
+if sys.argv[1] == "without":
+    sys.modules["triton"] = None
+from virnucpro.models.kernels.triton_support import prefetch_cache_key
+thread = prefetch_cache_key()
+if thread is None:
+    print("none")
+else:
+    thread.join(120)
+    from triton.runtime.cache import triton_key
+    print("cached" if triton_key.cache_info().currsize == 1 else "not cached")
+"""
+    try:
+        import triton  # noqa: F401
+        have = True
+    except ImportError:
+        have = False
+    for mode, expected in (("without", "none"), ("as installed", "cached" if have else "none")):
+        done = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == expected, (mode, done.stdout, done.stderr)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from virnucpro.config import Precision
+from virnucpro.models.reference.device_copy import copy_to_device
 from virnucpro.errors import ModelLoadError
 
 __all__ = [
@@ -114,14 +115,37 @@ def assign_state(
     check_state_keys(module, state, source, what)
     keep_fp32 = fp32_parameter_names(module)
     placed = {}
-    for name, tensor in state.items():
-        target = torch.float32 if name in keep_fp32 else dtype
-        if not tensor.is_floating_point():
-            target = tensor.dtype
-        placed[name] = tensor.to(device=device, dtype=target)
+    # the file's bytes to the device (several copies at once on CUDA), then cast there; a group at
+    # a time, so a cast to a wider dtype holds at most one group twice
+    for group in _groups(list(state), state, _CAST_GROUP_BYTES):
+        moved = copy_to_device([state[name] for name in group], torch.device(device))
+        for name, tensor in zip(group, moved):
+            target = torch.float32 if name in keep_fp32 else dtype
+            if not tensor.is_floating_point():
+                target = tensor.dtype
+            placed[name] = tensor.to(dtype=target)
+        del moved
     module.load_state_dict(placed, strict=True, assign=True)
     module.eval()
     module.requires_grad_(False)
+
+
+_CAST_GROUP_BYTES = 1 << 30
+
+
+def _groups(names: list[str], state: Mapping[str, torch.Tensor], limit: int) -> Iterable[list[str]]:
+    """``names`` in order, cut into runs of at most ``limit`` bytes (a larger tensor alone)."""
+    group: list[str] = []
+    size = 0
+    for name in names:
+        nbytes = state[name].numel() * state[name].element_size()
+        if group and size + nbytes > limit:
+            yield group
+            group, size = [], 0
+        group.append(name)
+        size += nbytes
+    if group:
+        yield group
 
 
 def random_state(

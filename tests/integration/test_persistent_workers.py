@@ -79,6 +79,28 @@ def test_persistent_pool_initialization(demo_models, tmp_path: Path) -> None:
         assert info.ready.pid != __import__("os").getpid()
 
 
+def test_a_run_s_own_start_is_ready_for_the_first_stage_and_warms_the_other_beside_it(
+        sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=SHARD_FRAMES, persistent_models=True)
+    prepared = prepare_stage(config)
+    plan = plan_run(config, True)
+    with PoolLease.owned() as lease:
+        lease.start(list(plan.devices), plan.spec, first_stage_ready=True)
+        (info,) = lease.pool.workers
+        assert info.ready.loaded == ("dnabert", "esm")  # both read (a bad file still fails the start)
+        assert "dnabert warm-up" in info.start_phases and "esm read" in info.start_phases
+        assert "esm warm-up" not in info.start_phases  # not yet: the first stage comes first
+        queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease)
+        queue.run_stage(FeatureStage.DNABERT, list(prepared.shards), OutputPaths.for_dir(tmp_path / "out"))
+        report = queue.run_stage(FeatureStage.ESM, list(prepared.shards), OutputPaths.for_dir(tmp_path / "out"))
+        assert report.frames == prepared.n_frames
+        assert "esm warm-up" in info.start_phases  # warmed beside the first stage, reported
+        assert info.total_model_loads == {"dnabert": 1, "esm": 1}  # read once, warmed once
+    with PoolLease.owned() as whole:  # a pool started ahead of a timed section: wholly warm
+        whole.start(list(plan.devices), plan.spec)
+        assert {"dnabert warm-up", "esm warm-up"} <= set(whole.pool.workers[0].start_phases)
+
+
 def test_persistent_vs_standard_output_equivalence(persistent_run, standard_run: dict) -> None:  # type: ignore[no-untyped-def]
     persistent_dir = persistent_run.paths.output_dir
     standard_dir = standard_run["output_dir"]

@@ -110,14 +110,18 @@ class PoolLease:
                 total[model] = total.get(model, 0) + n
         return loads
 
-    def start(self, devices: list[WorkerDevice], spec: WorkerSpec) -> float:
+    def start(self, devices: list[WorkerDevice], spec: WorkerSpec, *, first_stage_ready: bool = False) -> float:
         """Start the resident pool now (before any stage asks), e.g. while the input is prepared
-        or before a timed section; returns the seconds it took (0 when already running)."""
+        or before a timed section; returns the seconds it took (0 when already running).
+
+        ``first_stage_ready``: return once the workers can run the first stage (every model
+        read, the first one warmed up); they warm the others up beside that stage. A run's own
+        start does this; a pool started ahead of a timed section is wholly warm."""
         if not self.persistent:
             raise RuntimeError("a per-stage lease starts workers per stage; there is no pool to start")
         if self._owner is not None:
-            return self._owner.start(devices, spec)
-        return self._acquire(devices, spec, FEATURE_STAGES[0]).start_seconds
+            return self._owner.start(devices, spec, first_stage_ready=first_stage_ready)
+        return self._acquire(devices, spec, FEATURE_STAGES[0], first_stage_ready).start_seconds
 
     @contextmanager
     def stage_pool(
@@ -161,7 +165,8 @@ class PoolLease:
         return f"PoolLease({self.mode.value}, pools_opened={self.pools_opened})"
 
     # -- the pool's life ----------------------------------------------------------------------
-    def _acquire(self, devices: list[WorkerDevice], spec: WorkerSpec, stage: FeatureStage) -> StagePool:
+    def _acquire(self, devices: list[WorkerDevice], spec: WorkerSpec, stage: FeatureStage,
+                 first_stage_ready: bool = False) -> StagePool:
         if not self.persistent:
             return self._start(devices, replace(spec, preload=(stage,)))
         with self._lock:
@@ -177,13 +182,13 @@ class PoolLease:
                     logger.warning("the resident worker pool broke; starting a new one")
                 pool.close()
                 self._pool = None
-            handle = self._start(devices, replace(spec, preload=FEATURE_STAGES))
+            handle = self._start(devices, replace(spec, preload=FEATURE_STAGES), first_stage_ready)
             self._pool = handle.pool
             return handle
 
-    def _start(self, devices: list[WorkerDevice], spec: WorkerSpec) -> StagePool:
+    def _start(self, devices: list[WorkerDevice], spec: WorkerSpec, first_stage_ready: bool = False) -> StagePool:
         started = time.perf_counter()
-        pool = PersistentWorkerPool(list(devices), spec)
+        pool = PersistentWorkerPool(list(devices), spec, warm_first_only=first_stage_ready)
         self._workers.extend(pool.workers)
         pool.start()
         self.pools_opened += 1
@@ -192,6 +197,9 @@ class PoolLease:
                     ", ".join(w.name for w in pool.workers),
                     "both models resident" if self.persistent else f"{spec.preload[0].label} only",
                     seconds)
+        if first_stage_ready:
+            logger.info("the workers can run %s now; they warm up %s beside it", spec.preload[0].label,
+                        ", ".join(s.label for s in spec.preload[1:]))
         for worker in pool.workers:
             logger.info("worker %s start: %s", worker.name,
                         ", ".join(f"{k} {v:.1f} s" for k, v in worker.start_phases.items()))

@@ -66,6 +66,16 @@ class WorkerReady:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelWarm:
+    """A model the worker read before :class:`WorkerReady` but warmed up after it (while it had
+    no task waiting, or at its stage's first task): ``phases`` as WorkerReady's, for this model."""
+
+    worker: str
+    stage: str
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchDone:
     """One batch of a task computed: progress inside a shard (a one-shard sample is not 0/1 for
     minutes). ``n_frames``/``n_tokens`` are this batch's, not running totals."""

@@ -45,6 +45,7 @@ from virnucpro.pipeline.devices import WorkerDevice
 from virnucpro.pipeline.messages import (
     BatchDone,
     EmbedTask,
+    ModelWarm,
     StageEnd,
     StageEnded,
     TaskDone,
@@ -118,12 +119,17 @@ class PersistentWorkerPool:
         max_attempts: int = 3,
         start_timeout: float = 900.0,
         tasks_per_worker: int = 2,
+        warm_first_only: bool = False,
     ) -> None:
+        """``warm_first_only``: a worker is ready when its models are read and the first stage's
+        is warm; it warms the others beside that stage (the run's own start, see
+        :func:`~virnucpro.pipeline.worker.worker_main`)."""
         if not devices:
             raise ValueError("a pool needs at least one device")
         if tasks_per_worker < 1:
             raise ValueError("tasks_per_worker must be at least 1")
         self.tasks_per_worker = tasks_per_worker
+        self.warm_first_only = warm_first_only
         self.devices = list(devices)
         self.spec = spec
         self.max_attempts = max_attempts
@@ -192,7 +198,7 @@ class PersistentWorkerPool:
         name = info.name
         process = self._ctx.Process(
             target=worker_main,
-            args=(name, self.spec, _ConnQueue(task_recv), _ConnQueue(result_send)),
+            args=(name, self.spec, _ConnQueue(task_recv), _ConnQueue(result_send), self.warm_first_only),
             name=f"virnucpro-worker-{name}",
             daemon=True,
         )
@@ -382,6 +388,10 @@ class PersistentWorkerPool:
             for key in message.loaded:
                 info.total_model_loads[key] = info.total_model_loads.get(key, 0) + 1
                 info.model_loads[key] = info.model_loads.get(key, 0) + 1
+        elif isinstance(message, ModelWarm):
+            info.start_phases.update(message.phases)
+            logger.info("worker %s: %s warmed up in %.1f s, after its start (beside the first stage)",
+                        info.name, message.stage, message.phases.get(f"{message.stage} warm-up", 0.0))
         elif isinstance(message, WorkerFatal):
             raise _fatal_error(message)  # the dispatcher fails every pending future with it
         elif isinstance(message, BatchDone):
@@ -471,6 +481,13 @@ class _ConnQueue:
             return self.conn.recv()
         except EOFError:
             return None
+
+    def waiting(self) -> bool:
+        """Something can be read now (a message, or the end of the pipe)."""
+        try:
+            return self.conn.poll()
+        except (EOFError, OSError):
+            return True
 
     def put(self, item: Any) -> None:
         self.conn.send(item)

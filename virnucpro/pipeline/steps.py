@@ -168,8 +168,9 @@ def _read_stage_report(path: Any) -> StageReport | None:
 
 def start_workers(lease: PoolLease, plan: RunPlan) -> float:
     """Start the run's resident workers (both models) now, while the input is prepared; the
-    seconds it took (0 when the lease's pool already runs, e.g. the night's)."""
-    return lease.start(list(plan.devices), plan.spec)
+    seconds until they can run the first stage (they warm ESM-2 up beside it; 0 when the
+    lease's pool already runs, e.g. the night's)."""
+    return lease.start(list(plan.devices), plan.spec, first_stage_ready=True)
 
 
 def memory_checkpoint(name: str, worker_peaks_mib: dict[str, float] | None = None) -> MemoryCheckpoint:

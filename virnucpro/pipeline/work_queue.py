@@ -55,7 +55,9 @@ PHASES = {
 class Progress:
     """How far a stage is: shards finished, and frames/tokens computed (finished shards plus the
     batches of shards still running). ``seconds`` (and the rates) count from the first shard
-    handed to a ready worker, so they leave out the workers' start and model loading.
+    handed to a ready worker, so they leave out the workers' start and model loading (but not
+    the rest of a warm-up that a run's own workers do beside its first stage, should the second
+    stage's first shard arrive before it ends).
     ``frames_total`` counts the frames the stage computes (shards already on disk excluded)."""
 
     stage: FeatureStage

@@ -43,6 +43,7 @@ from virnucpro.pipeline.memory import process_peak_rss_mib, reset_process_peak_r
 from virnucpro.pipeline.messages import (
     BatchDone,
     EmbedTask,
+    ModelWarm,
     StageEnd,
     StageEnded,
     TaskDone,
@@ -128,6 +129,7 @@ class _Worker:
         self.precision = spec.precision
         self.device = torch.device("cuda:0" if spec.on_gpu else "cpu")
         self.embedders: dict[FeatureStage, Any] = {}
+        self._cold: dict[FeatureStage, tuple[Any, float, float]] = {}  # read, not warmed: (embedder, started, read)
         self.runners: dict[FeatureStage, EmbeddingRunner] = {}  # its token budget, once per stage
         self.fp32_runners: dict[FeatureStage, EmbeddingRunner] = {}  # loaded on a non-finite row
         self.model_loads: dict[str, int] = {"dnabert": 0, "esm": 0}
@@ -143,19 +145,27 @@ class _Worker:
 
         Compilation (``torch.compile`` of one layer, reused by every layer, dynamic batch and
         length) is triggered here by a warm-up batch, so it is paid at load time, once per
-        worker, and never inside a stage; later shards, stages and samples reuse it.
+        worker, and never inside a stage; later shards, stages and samples reuse it. A model
+        read but not yet warmed up (:meth:`load_all` with ``warm_first_only``) is warmed here.
         """
         if stage in self.embedders:
+            return self.embedders[stage]
+        if stage in self._cold:
+            self.warm_cold(stage)
             return self.embedders[stage]
         started = time.perf_counter()
         return self._warm(stage, self._build(stage), started, time.perf_counter())
 
-    def load_all(self, stages: tuple[FeatureStage, ...]) -> None:
+    def load_all(self, stages: tuple[FeatureStage, ...], *, warm_first_only: bool = False) -> None:
         """Load several models at once: their files are read and their weights converted and
         copied concurrently (one thread each); each model is warmed up (and compiled) in this
         thread as soon as its weights are on the device, while the others are still read
         (DNABERT-S's 0.4 GB are read long before ESM-2's 5.7 GB). ``torch.compile`` is called
-        lazily, at the warm-up, so no thread but this one ever compiles."""
+        lazily, at the warm-up, so no thread but this one ever compiles.
+
+        ``warm_first_only``: only ``stages[0]`` is warmed up now; the others are read (so an
+        unreadable file still fails the start) and kept cold for :meth:`warm_cold`, which the
+        worker calls while it has no task waiting (the run's first stage goes on meanwhile)."""
         todo = [s for s in dict.fromkeys(stages) if s not in self.embedders]
         if len(todo) < 2:
             for stage in todo:
@@ -170,7 +180,29 @@ class _Worker:
             futures = {pool.submit(self._build_timed, stage): stage for stage in todo}
             for future in as_completed(futures):  # a failed read raises here, the others finish
                 embedder, loaded = future.result()
-                self._warm(futures[future], embedder, started, loaded)
+                stage = futures[future]
+                if warm_first_only and stage is not todo[0]:
+                    self._cold[stage] = (embedder, started, loaded)
+                    self.model_loads[stage.value] += 1
+                    self.load_seconds[stage.value] = loaded - started
+                else:
+                    self._warm(stage, embedder, started, loaded)
+
+    @property
+    def cold(self) -> tuple[FeatureStage, ...]:
+        """Models read onto the device but not warmed up yet."""
+        return tuple(self._cold)
+
+    def warm_cold(self, stage: FeatureStage | None = None) -> None:
+        """Warm up ``stage``'s cold model (None: the first one) and tell the parent."""
+        stage = stage if stage is not None else next(iter(self._cold))
+        embedder, started, loaded = self._cold.pop(stage)
+        self._warm(stage, embedder, started, loaded, counted=True)  # counted when it was read
+        steps = self.warmup_steps.get(stage.value, {})
+        self.send(ModelWarm(worker=self.name, stage=stage.value, phases={
+            f"{stage.value} read": round(self.load_seconds[stage.value], 3),
+            f"{stage.value} warm-up": round(self.compile_seconds[stage.value], 3),
+            **{f"{stage.value} warm-up: {step}": v for step, v in steps.items()}}))
 
     def _build_timed(self, stage: FeatureStage) -> tuple[Any, float]:
         if self.spec.on_gpu:
@@ -188,7 +220,8 @@ class _Worker:
             )
         return load_esm2_embedder(self.spec.esm_path, self.device, self.precision, compile=compile_flag)
 
-    def _warm(self, stage: FeatureStage, embedder: Any, started: float, loaded: float) -> Any:
+    def _warm(self, stage: FeatureStage, embedder: Any, started: float, loaded: float,
+              counted: bool = False) -> Any:
         warm_started = time.perf_counter()
         runner = getattr(embedder, "runner", None)
         if runner is not None and runner.layer.enabled:
@@ -199,7 +232,8 @@ class _Worker:
                 self.torch.cuda.synchronize(self.device)
         self.embedders[stage] = embedder
         settle_heap()  # a full collection in a stage would stall the GPU queue (see heap.py)
-        self.model_loads[stage.value] += 1
+        if not counted:
+            self.model_loads[stage.value] += 1
         self.load_seconds[stage.value] = loaded - started
         self.compile_seconds[stage.value] = time.perf_counter() - warm_started
         logger.info(
@@ -384,14 +418,19 @@ def _exit_at_once() -> None:
     os._exit(0)
 
 
-def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
-    """Process entry point: load, then serve tasks until ``None`` arrives."""
+def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any, warm_first_only: bool = False) -> None:
+    """Process entry point: load, then serve tasks until ``None`` arrives.
+
+    ``warm_first_only``: ready once every model is read and the first stage's is warmed up; the
+    others warm up when no task waits after the first one (while the first stage's last batches
+    compute and the parent ends that stage), or at their stage's first task. Otherwise every
+    model is warm when the worker says it is ready."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
     logging.basicConfig(level=os.environ.get("VIRNUCPRO_WORKER_LOG_LEVEL", "WARNING"))
     try:
         worker = _Worker(name, spec, results)
         started = time.perf_counter()
-        worker.load_all(tuple(spec.preload))
+        worker.load_all(tuple(spec.preload), warm_first_only=warm_first_only)
         device_name = "cpu"
         if spec.on_gpu:
             device_name = worker.torch.cuda.get_device_name(worker.device)
@@ -399,7 +438,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
             WorkerReady(
                 worker=name,
                 pid=os.getpid(),
-                loaded=tuple(s.value for s in worker.embedders),
+                loaded=tuple(s.value for s in (*worker.embedders, *worker.cold)),
                 load_seconds=time.perf_counter() - started,
                 allocator_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                 device_name=device_name,
@@ -413,8 +452,17 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any) -> None:
     except Exception as exc:  # model files unreadable, CUDA unusable...
         results.put(WorkerFatal(worker=name, error=str(exc), error_type=type(exc).__name__))
         return
+    served = False  # a cold model is warmed once the first task ran, never before it
     while True:
+        if worker.cold and served and not tasks.waiting():
+            try:
+                worker.warm_cold()
+            except Exception as exc:  # as a failed warm-up at the start: the pool fails with it
+                results.put(WorkerFatal(worker=name, error=str(exc), error_type=type(exc).__name__))
+                return
+            continue
         message = tasks.get()
+        served = True
         if message is None:
             worker.drain()
             _exit_at_once()

@@ -32,6 +32,8 @@ def copy_to_device(tensors: Sequence[torch.Tensor], device: torch.device) -> lis
     device = torch.device(device)
     if device.type != "cuda" or not tensors:
         return [t.to(device) for t in tensors]
+    if device.index is None:  # "cuda": the current device, named (the copy threads set it)
+        device = torch.device("cuda", torch.cuda.current_device())
     out: list[torch.Tensor] = []
     pieces: list[tuple[torch.Tensor, torch.Tensor]] = []  # (host bytes, device bytes)
     for tensor in tensors:

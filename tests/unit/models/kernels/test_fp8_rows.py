@@ -66,3 +66,39 @@ def test_gpu_kernel_matches_the_reference(rows: int, dim: int) -> None:
     # the same e4m3 value, or its neighbour where fp32 summation order moved a value across a tie
     assert float((kq.float() * ks - rq.float() * rs).abs().max()) <= float(rs.max()) * 32 + 1e-6
     assert float((kq.float() != rq.float()).float().mean()) < 0.01
+
+
+def test_without_cuda_row_quantisation_is_the_reference() -> None:
+    from virnucpro.models.kernels.fp8_quantize import quantize_rows_fused, quantize_rows_reference
+
+    x = torch.randn(6, 96).to(torch.bfloat16)
+    for gelu in (False, True):
+        got, want = quantize_rows_fused(x, gelu=gelu), quantize_rows_reference(x, gelu=gelu)
+        assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
+    q, scale = quantize_rows_reference(x, gelu=True)
+    assert F.cosine_similarity((q.float() * scale).flatten(), F.gelu(x.float()).flatten(), dim=0) > 0.999
+
+
+@gpu
+@pytest.mark.parametrize("rows,dim", [(1, 2560), (4099, 2560), (2051, 10240), (33, 40)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_gpu_row_quantisation_kernel_matches_the_reference(rows: int, dim: int, gelu: bool) -> None:
+    from virnucpro.models.kernels.fp8_quantize import (
+        quantize_rows_fused,
+        quantize_rows_reference,
+        triton_quantize_available,
+    )
+
+    if not triton_quantize_available():
+        pytest.skip("Triton kernel not available")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("e4m3 stores need compute capability 8.9")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = (3 * torch.randn(rows, dim, generator=g, device="cuda")).to(torch.bfloat16)
+    kq, ks = quantize_rows_fused(x, gelu=gelu)
+    rq, rs = quantize_rows_reference(x, gelu=gelu)
+    assert kq.dtype == torch.float8_e4m3fn and ks.shape == (rows, 1)
+    assert torch.allclose(ks, rs, rtol=1e-6, atol=0)
+    # the same e4m3 value, or its neighbour where erf's last bit moved a value across a tie
+    assert float((kq.float() - rq.float()).abs().max()) <= 32
+    assert float((kq.float() != rq.float()).float().mean()) < 0.001

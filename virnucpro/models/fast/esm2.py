@@ -11,7 +11,8 @@ throughput (:class:`FastEsm2`; the plain module stays the CPU / fp32 reference).
 - Optional ``residual_dtype``: the residual stream in the compute dtype instead of fp32 (halves
   the bytes of every element-wise pass; agreement measured by the benchmark).
 - Optional ``fp8`` (bf16 weights, packed batches only): the four GEMMs of every layer in FP8 e4m3
-  with row-wise scales (:mod:`.fp8`); attention, norms and the residual stream as in bf16.
+  with row-wise scales, their biases corrected for the weights' rounding at the calibration
+  proteins' mean inputs (:mod:`.fp8`); attention, norms and the residual stream as in bf16.
 - Packed batches (:meth:`FastEsm2.forward_packed`, bf16/fp16 on CUDA; see :mod:`.packing`): no
   padding anywhere, flash attention's variable-length kernel, the q/k/v, out-proj, fc1 and fc2
   GEMMs as cuBLAS calls, q scaling + rotary as one Triton pass (:mod:`~virnucpro.models.kernels.rotary`;
@@ -23,13 +24,23 @@ throughput (:class:`FastEsm2`; the plain module stays the CPU / fp32 reference).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 
 from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_efficient_attention
-from virnucpro.models.fast.fp8 import Fp8Weight, fp8_linear, gelu_quantize_rows, quantize_rows, quantize_weight
-from virnucpro.models.fast.packing import PackedBatch, pool_packed, varlen_attention
+from virnucpro.models.fast.fp8 import (
+    Fp8Weight,
+    calibration_proteins,
+    fp8_linear,
+    gelu_quantize_rows,
+    quantize_rows,
+    quantize_weight,
+)
+from virnucpro.models.fast.packing import PackedBatch, pack_rows, pool_packed, varlen_attention
 from virnucpro.models.kernels.add_norm import add_layer_norm, add_layer_norm_fp8
+from virnucpro.models.kernels.fp8_quantize import quantize_rows_fused, triton_quantize_available
 from virnucpro.models.kernels.rotary import rotary_qk, triton_rotary_available
 from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply_rotary
 
@@ -200,14 +211,21 @@ class FastEsm2:
         if fp8 and self.dtype != torch.bfloat16:
             raise ValueError("fp8 linear layers run beside bf16 attention and norms: load the weights in bf16")
         self.fp8 = fp8
-        # per layer: q/k/v, out-proj, fc1, fc2 in e4m3 (quantised once, here)
-        self.fp8_weights: list[tuple[Fp8Weight, ...]] = [
-            tuple(quantize_weight(args[i], args[i + 1]) for i in (2, 4, 8, 10)) for args in self.layer_args
-        ] if fp8 else []
-        self.quantize = CompiledFunction(quantize_rows, enabled=compile and fp8, backend=backend,
-                                         dynamic_dims={0: (0,)})
-        self.gelu_quantize = CompiledFunction(gelu_quantize_rows, enabled=compile and fp8, backend=backend,
-                                              dynamic_dims={0: (0,)})
+        self.triton_quantize = fp8 and self.device.type == "cuda" and triton_quantize_available()
+        self.quantize = CompiledFunction(quantize_rows, enabled=compile and fp8 and not self.triton_quantize,
+                                         backend=backend, dynamic_dims={0: (0,)})
+        self.gelu_quantize = CompiledFunction(gelu_quantize_rows, enabled=compile and fp8 and not self.triton_quantize,
+                                              backend=backend, dynamic_dims={0: (0,)})
+        # per layer: q/k/v, out-proj, fc1, fc2 in e4m3, quantised once, here, each bias corrected
+        # for its weight's rounding error at the GEMM's mean input over the calibration proteins
+        self.fp8_weights: list[tuple[Fp8Weight, ...]] = []
+        if fp8:
+            means = self.gemm_input_means(calibration_proteins())
+            self.fp8_weights = [
+                tuple(quantize_weight(args[i], args[i + 1], input_mean=means[layer][gemm])
+                      for gemm, i in enumerate((2, 4, 8, 10)))
+                for layer, args in enumerate(self.layer_args)
+            ]
 
     @property
     def compiled_functions(self) -> list[CompiledFunction]:
@@ -300,30 +318,66 @@ class FastEsm2:
         (+GELU), fc2, residual + the NEXT layer's norm (the final norm after the last layer).
         """
         with torch.no_grad():
-            x = self.embed_packed_input(batch).to(self.residual_dtype).contiguous()
-            cos, sin = self._tables(batch.max_length)
-            cos, sin = cos[batch.positions], sin[batch.positions]  # [N, 1, hd]
-            rows, dim = x.shape
-            final = self.encoder.emb_layer_norm_after
-            norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:]]
-            norms.append((final.weight, final.bias, float(final.eps)))
-            ln1_w, ln1_b = self.layer_args[0][:2]
-            h = F.layer_norm(x.float(), (dim,), ln1_w, ln1_b, self.eps)
+            x, h, cos, sin, norms = self._packed_start(batch)
             if self.fp8:
-                return self._forward_packed_fp8(x, self.quantize(h), cos, sin, batch, norms)
-            h = h.to(self.dtype)
-            for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
-                _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
-                qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
-                q, k = self._rotary(qkv, cos, sin)
-                context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0)
-                x, h = add_layer_norm(x, F.linear(context.reshape(rows, dim), wo, bo),
-                                      ln2_w, ln2_b, self.eps, self.dtype)
-                g = self.packed_ffn_up(h, w1, b1)
-                last = next_w is final.weight
-                x, h = add_layer_norm(x, F.linear(g, w2, b2), next_w, next_b, next_eps,
-                                      torch.float32 if last else self.dtype)
-            return h
+                return self._forward_packed_fp8(x, self._quantize(h), cos, sin, batch, norms)
+            return self._layers(x, h.to(self.dtype), cos, sin, batch, norms, self.packed_ffn_up)
+
+    def _packed_start(self, batch: PackedBatch) -> tuple[torch.Tensor, ...]:
+        """A packed batch's residual stream ``x``, first norm ``h`` (fp32), rotary tables per row
+        and the norm after each layer (the next layer's; the final norm after the last)."""
+        x = self.embed_packed_input(batch).to(self.residual_dtype).contiguous()
+        cos, sin = self._tables(batch.max_length)
+        final = self.encoder.emb_layer_norm_after
+        norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:]]
+        norms.append((final.weight, final.bias, float(final.eps)))
+        ln1_w, ln1_b = self.layer_args[0][:2]
+        h = F.layer_norm(x.float(), (x.shape[1],), ln1_w, ln1_b, self.eps)
+        return x, h, cos[batch.positions], sin[batch.positions], norms
+
+    def _layers(self, x: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: PackedBatch, norms: list[tuple[torch.Tensor, torch.Tensor, float]],
+                ffn_up: Callable[..., torch.Tensor], observe: Callable[[int, int, torch.Tensor], None] | None = None,
+                ) -> torch.Tensor:
+        """The layers of :meth:`forward_packed` in the weights' dtype; ``observe(layer, gemm,
+        input)``, when given, sees each GEMM's input (gemm 0-3: q/k/v, out-proj, fc1, fc2)."""
+        rows, dim = x.shape
+        final_weight = self.encoder.emb_layer_norm_after.weight
+        for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
+            _, _, wqkv, bqkv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2 = args
+            if observe is not None:
+                observe(i, 0, h)
+            qkv = F.linear(h, wqkv, bqkv).view(rows, 3, self.heads, dim // self.heads)
+            q, k = self._rotary(qkv, cos, sin)
+            context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
+            if observe is not None:
+                observe(i, 1, context)
+            x, h = add_layer_norm(x, F.linear(context, wo, bo), ln2_w, ln2_b, self.eps, self.dtype)
+            if observe is not None:
+                observe(i, 2, h)
+            g = ffn_up(h, w1, b1)
+            if observe is not None:
+                observe(i, 3, g)
+            last = next_w is final_weight
+            x, h = add_layer_norm(x, F.linear(g, w2, b2), next_w, next_b, next_eps,
+                                  torch.float32 if last else self.dtype)
+        return h
+
+    def gemm_input_means(self, proteins: Sequence[str]) -> list[list[torch.Tensor]]:
+        """Each GEMM's mean input row over every token of ``proteins`` (one packed batch, the
+        weights' dtype, exact GELU, sums in fp32): ``[layer][gemm]`` -> ``[K]`` fp32 (gemm 0-3:
+        q/k/v, out-proj, fc1, fc2). FP8's bias correction is computed from these."""
+        rows = [self.alphabet.encode(p[: self.max_length - 2]) for p in proteins]
+        batch = pack_rows(rows, self.device)
+        sums = [[torch.zeros(0)] * 4 for _ in self.layer_args]
+
+        def observe(layer: int, gemm: int, value: torch.Tensor) -> None:
+            sums[layer][gemm] = value.float().sum(dim=0)
+
+        with torch.no_grad():
+            x, h, cos, sin, norms = self._packed_start(batch)
+            self._layers(x, h.to(self.dtype), cos, sin, batch, norms, esm_ffn_up, observe)
+        return [[total / batch.n_tokens for total in layer] for layer in sums]
 
     def _forward_packed_fp8(self, x: torch.Tensor, h: tuple[torch.Tensor, torch.Tensor], cos: torch.Tensor,
                             sin: torch.Tensor, batch: PackedBatch,
@@ -340,13 +394,20 @@ class FastEsm2:
             qkv = fp8_linear(*h, w_qkv).view(rows, 3, self.heads, dim // self.heads)
             q, k = self._rotary(qkv, cos, sin)
             context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
-            x, *h = add_layer_norm_fp8(x, fp8_linear(*self.quantize(context), w_out), ln2_w, ln2_b, self.eps)
-            down = fp8_linear(*self.gelu_quantize(fp8_linear(*h, w_fc1)), w_fc2)
+            x, *h = add_layer_norm_fp8(x, fp8_linear(*self._quantize(context), w_out), ln2_w, ln2_b, self.eps)
+            down = fp8_linear(*self._quantize(fp8_linear(*h, w_fc1), gelu=True), w_fc2)
             if next_w is final.weight:
                 x, out = add_layer_norm(x, down, next_w, next_b, next_eps, torch.float32)
             else:
                 x, *h = add_layer_norm_fp8(x, down, next_w, next_b, next_eps)
         return out
+
+    def _quantize(self, x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row e4m3 of ``x`` (of ``gelu(x)``): the Triton pass on CUDA, else the reference
+        (compiled when compiling)."""
+        if self.triton_quantize:
+            return quantize_rows_fused(x, gelu=gelu)
+        return self.gelu_quantize(x) if gelu else self.quantize(x)
 
     def _rotary(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q scaling + rotary on q and k of a packed batch: the Triton pass on CUDA, else

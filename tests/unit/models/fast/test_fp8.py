@@ -151,3 +151,62 @@ def test_gpu_fp8_esm_agrees_and_compiles(esm_bf16) -> None:  # type: ignore[no-u
     got = embedder.embed(PROTEINS * 3)
     assert _cosine(got, reference) > 0.99
     assert all(f.failed is None for f in embedder.runner.compiled_functions)
+
+
+def test_the_bias_absorbs_the_weights_rounding_at_the_mean_input() -> None:
+    torch.manual_seed(4)
+    weight, bias = torch.randn(96, 256) / 16, 0.1 * torch.randn(96)
+    mean = 0.5 + torch.randn(256)  # a common component every token shares, as in a real model
+    tokens = mean + 0.3 * torch.randn(512, 256)
+    exact = F.linear(tokens, weight, bias).mean(dim=0)
+    plain = fp8_linear(*quantize_rows(tokens), quantize_weight(weight, bias)).float().mean(dim=0)
+    corrected = fp8_linear(*quantize_rows(tokens), quantize_weight(weight, bias, input_mean=mean)).float().mean(dim=0)
+    assert float((corrected - exact).norm()) < 0.25 * float((plain - exact).norm())
+    shift = quantize_weight(weight, None, input_mean=mean).bias  # no bias: the correction alone
+    assert shift is not None and float(shift.float().abs().max()) > 0
+
+
+def test_calibration_proteins_are_real_frames_of_the_packaged_file() -> None:
+    from virnucpro.models.fast.fp8 import calibration_proteins
+
+    proteins = calibration_proteins()
+    assert len(proteins) == 64 and len(set(proteins)) == 64
+    assert all(len(p) >= 100 and set(p) <= set("ACDEFGHIKLMNPQRSTVWY") for p in proteins)
+
+
+def test_gemm_input_means_are_the_plain_modules_inputs(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    _, bf16, _ = esm_bf16
+    runner = FastEsm2(bf16, residual_dtype=torch.bfloat16)
+    proteins = PROTEINS[:3]
+    means = runner.gemm_input_means(proteins)
+    seen: dict[tuple[int, int], list[torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(bf16.layers):
+        for gemm, module in enumerate((layer.self_attn.q_proj, layer.self_attn.out_proj, layer.fc1, layer.fc2)):
+            hooks.append(module.register_forward_hook(
+                lambda _m, inputs, _o, key=(i, gemm): seen.setdefault(key, []).append(inputs[0].float())))
+    try:
+        with torch.no_grad():
+            for protein in proteins:  # one at a time: no padding among the tokens averaged
+                bf16(torch.tensor([bf16.alphabet.encode(protein)]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for (i, gemm), inputs in seen.items():
+        want = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs]).mean(dim=0)
+        assert means[i][gemm].shape == want.shape
+        assert _cosine(means[i][gemm][None], want[None]) > 0.999, (i, gemm)
+
+
+def test_bias_correction_brings_fp8_esm_closer_to_fp32(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    _, bf16, fp32 = esm_bf16
+    proteins = ["".join("ACDEFGHIKLMNPQRSTVWY"[(i * 7 + j * 3) % 20] for j in range(60 + 9 * i)) for i in range(8)]
+    reference = Esm2Embedder(fp32, fast=False).embed(proteins)
+    embedder = Esm2Embedder(bf16, fast=True, compile=False, packed=True, **esm_fast_options(Precision.FP8))
+    corrected = embedder.embed(proteins)
+    runner = embedder.runner
+    runner.fp8_weights = [tuple(quantize_weight(args[i], args[i + 1]) for i in (2, 4, 8, 10))
+                          for args in runner.layer_args]  # the same model without the correction
+    plain = embedder.embed(proteins)
+    gap = lambda got: float((1 - F.cosine_similarity(got.double(), reference.double())).mean())  # noqa: E731
+    assert gap(corrected) < 0.5 * gap(plain), (gap(corrected), gap(plain))

@@ -25,7 +25,7 @@ from virnucpro.models.kernels.triton_support import TritonKernel
 __all__ = ["rotary_qk", "rotary_qk_reference", "triton_rotary_available"]
 
 _ROWS = 16  # tokens per program
-_COLS = 256  # of the D = heads·hd columns per program
+_COLS = 256  # of the D/2 column pairs per program
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -56,25 +56,31 @@ def _build() -> Any:
     @triton.jit
     def rotary(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, n_rows, scaling,  # type: ignore[no-untyped-def]
                D: tl.constexpr, HD: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+        # columns are pairs (x1, x2) = (column j, column j + HD/2) of one head: each element is
+        # loaded once and both outputs of a pair come from the same two registers
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
-        mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
-        j = cols % HD  # position inside the head
+        pairs = tl.program_id(1) * COLS + tl.arange(0, COLS)
         half = HD // 2
-        partner = cols - j + (j + half) % HD  # rotate_half's source column
-        sign = tl.where(j < half, -1.0, 1.0)
+        mask = (rows < n_rows)[:, None] & (pairs < D // 2)[None, :]
+        j = pairs % half
+        first = ((pairs // half) * HD + j)[None, :]  # x1's column; x2 is half further
         rows64 = rows.to(tl.int64)[:, None]
-        table = rows64 * HD + j[None, :]
-        c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(tl.float32) * sign[None, :]
-        src = rows64 * (3 * D)
-        out = rows64 * D + cols[None, :]
-        xq = tl.load(qkv_ptr + src + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        pq = tl.load(qkv_ptr + src + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(q_ptr + out, ((xq * scaling) * c + (pq * scaling) * s).to(q_ptr.dtype.element_ty), mask=mask)
-        xk = tl.load(qkv_ptr + src + D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        pk = tl.load(qkv_ptr + src + D + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(k_ptr + out, (xk * c + pk * s).to(k_ptr.dtype.element_ty), mask=mask)
+        table = cos_ptr + rows64 * HD + j[None, :]
+        c1 = tl.load(table, mask=mask, other=0.0).to(tl.float32)
+        c2 = tl.load(table + half, mask=mask, other=0.0).to(tl.float32)
+        table = sin_ptr + rows64 * HD + j[None, :]
+        s1 = tl.load(table, mask=mask, other=0.0).to(tl.float32)
+        s2 = tl.load(table + half, mask=mask, other=0.0).to(tl.float32)
+        src = qkv_ptr + rows64 * (3 * D) + first
+        out = rows64 * D + first
+        q1 = tl.load(src, mask=mask, other=0.0).to(tl.float32) * scaling
+        q2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32) * scaling
+        tl.store(q_ptr + out, (q1 * c1 + q2 * -s1).to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_ptr + out + half, (q2 * c2 + q1 * s2).to(q_ptr.dtype.element_ty), mask=mask)
+        k1 = tl.load(src + D, mask=mask, other=0.0).to(tl.float32)
+        k2 = tl.load(src + D + half, mask=mask, other=0.0).to(tl.float32)
+        tl.store(k_ptr + out, (k1 * c1 + k2 * -s1).to(k_ptr.dtype.element_ty), mask=mask)
+        tl.store(k_ptr + out + half, (k2 * c2 + k1 * s2).to(k_ptr.dtype.element_ty), mask=mask)
 
     return rotary
 
@@ -108,7 +114,7 @@ def rotary_qk(
     dim = heads * head_dim
     q = torch.empty((rows, heads, head_dim), dtype=qkv.dtype, device=qkv.device)
     k = torch.empty_like(q)
-    grid = (-(-rows // _ROWS), -(-dim // _COLS))
+    grid = (-(-rows // _ROWS), -(-(dim // 2) // _COLS))
     if not _KERNEL.launch(grid, qkv, cos, sin, q, k, rows, float(scaling),
                           D=dim, HD=head_dim, ROWS=_ROWS, COLS=_COLS, num_warps=4):
         return rotary_qk_reference(qkv, cos, sin, scaling)

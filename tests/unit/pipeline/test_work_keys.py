@@ -69,3 +69,30 @@ def test_the_feature_key_names_the_model_code(tmp_path: Path, monkeypatch) -> No
     assert len(key["models_code_sha256"]) == 64
     monkeypatch.setattr(work_keys, "models_code_sha256", lambda: "0" * 64)  # a patched build
     assert work_keys.feature_key(FeatureStage.ESM, model, "fp32") != key
+
+
+def test_the_code_identity_covers_the_models_source_and_the_package_data(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from virnucpro.models import code_identity
+
+    package = Path(code_identity.__file__).parents[1]
+    copy = tmp_path / "virnucpro"
+    shutil.copytree(package / "models", copy / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package / "data", copy / "data")
+    monkeypatch.setattr(code_identity, "__file__", str(copy / "models" / "code_identity.py"))
+
+    def identity() -> str:
+        code_identity.models_code_sha256.cache_clear()
+        return code_identity.models_code_sha256()
+
+    try:
+        before = identity()
+        assert before == identity()
+        calibration = copy / "data" / "fp8_calibration_proteins.txt"
+        calibration.write_text(calibration.read_text() + "MKV\n")  # another calibration set
+        after_data = identity()
+        (copy / "models" / "fast" / "fp8.py").write_text("# patched\n")
+        after_code = identity()
+    finally:
+        code_identity.models_code_sha256.cache_clear()
+    assert len({before, after_data, after_code}) == 3

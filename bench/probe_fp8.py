@@ -220,6 +220,46 @@ def part_passes(args: argparse.Namespace, report: dict, lines: list[str]) -> Non
     torch.cuda.empty_cache()
 
 
+def part_dnabert(args: argparse.Namespace, report: dict, lines: list[str]) -> None:
+    """DNABERT-S's GPU time per kernel on one packed batch of the benchmark's real 500-bp chunks,
+    at the default precision (fp16, fp32 residual) and bf16."""
+    from virnucpro.config import Precision
+    from virnucpro.models.embedders import DnabertEmbedder, dnabert_fast_options
+    from virnucpro.models.reference.dnabert import DnabertConfig, build_random_dnabert
+    from virnucpro.models.reference.dnabert_tokenizer import DnaTokenizer
+
+    from bench.sample import frames_of, make_sample
+
+    dna = [f.dna for f in frames_of(make_sample(3000, seed=5), 500)]
+    tokenizer = DnaTokenizer.from_model_dir(Path("/nonexistent"))
+    for name, precision, dtype in (("fp16", Precision.FP16, torch.float16), ("bf16", Precision.BF16, torch.bfloat16)):
+        model = build_random_dnabert(DnabertConfig(), torch.device("cuda"), dtype, seed=0)
+        embedder = DnabertEmbedder(model, tokenizer, fast=True, **dnabert_fast_options(precision))
+        embedder.warmup(8192)
+        rows = embedder.encode(dna)
+        group, total = [], 0
+        for r in rows:
+            if total + len(r) > 100_000:
+                break
+            group.append(r)
+            total += len(r)
+        forward = lambda g=group: embedder.submit(g).result()  # noqa: E731
+        seconds = timed(forward, 5)
+        prof = kernel_profile(forward, 3)
+        gpu_ms = sum(r[1] for r in prof)
+        flops = 2 * sum(p.numel() for p in model.parameters()) * total
+        lines.append(f"## DNABERT-S {name}: {len(group)} chunks, {total} tokens; {total / seconds:,.0f} tokens/s, "
+                     f"call {seconds * 1000:.1f} ms, kernels {gpu_ms:.1f} ms (~{flops / seconds / 1e12:.0f} TFLOP/s "
+                     "counting 2 x parameters per token)\n")
+        lines.append("| kernel | ms | calls | share |\n|---|---:|---:|---:|")
+        for k, ms, calls in prof[:14]:
+            lines.append(f"| `{k[:110]}` | {ms:.2f} | {calls} | {ms / gpu_ms:.1%} |")
+        lines.append("")
+        report.setdefault("dnabert", {})[name] = {"tokens_per_s": total / seconds, "gpu_ms": gpu_ms, "top": prof[:20]}
+        del embedder, model
+        torch.cuda.empty_cache()
+
+
 def block_scale_rows(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     xs = x.float().view(m, k // block, block)
@@ -515,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=128)
     p.add_argument("--parts", default="kernels,gemms,error")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--modes", default="bf16,fp8,fp16", help="the kernels part's precisions (fp16 last)")
+    p.add_argument("--modes", default="bf16,fp8,fp16",
+                   help="the kernels part's precisions (fp16 last)")
     p.add_argument("--small", action="store_true", help="a 4-layer 256-wide model (smoke runs)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -531,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if "quant" in parts:
         part_quant(args, report, lines)
+        flush()
+    if "dnabert" in parts:
+        part_dnabert(args, report, lines)
         flush()
     if "passes" in parts:
         part_passes(args, report, lines)

@@ -1,18 +1,24 @@
 """Where ESM-2's time goes per kernel, what FP8 GEMM recipes cost, and where FP8's error comes from.
 
-    python bench/probe_fp8.py --out $OUT/probe [--tokens 131072] [--frames 128] [--parts kernels,gemms,error]
+    python bench/probe_fp8.py --out $OUT/probe [--tokens 131072] [--frames 256]
+        [--parts quant,passes,gemms,kernels,dnabert,error] [--modes bf16,fp8,fp16]
 
-Three parts, each on ESM-2 3B with the benchmark's random weights (seed 0):
+Parts, each on the benchmark's random weights (seed 0; ESM-2 3B unless ``--small``):
 
-- ``kernels``: one packed batch of ``--tokens`` tokens through the fast path in bf16, fp16 (fp32
-  residual, the default precision) and FP8; its rate, then a CUDA profile of two forwards with the
-  GPU time per kernel (``kernels.txt``, and a summary by kind of kernel).
+- ``quant``: FP8's row quantisation (the Triton pass at several launch settings, inductor's
+  compiled version) at ``--tokens`` rows, 10,240 (with GELU) and 2,560 wide.
+- ``passes``: the packed path's rotary and add+norm Triton passes at other launch settings.
 - ``gemms``: ESM-2 3B's four GEMM shapes at ``--tokens`` rows in bf16 and in FP8 with
-  ``torch._scaled_mm``'s recipes (per tensor, row-wise with and without bias, DeepSeek-style
-  1x128 x 128x128 blocks where this torch supports them), TFLOP/s each.
-- ``error``: an fp32 ESM-2 3B (the same weights) on ``--frames`` proteins, with the GEMMs'
-  operands rounded to e4m3 in several ways (emulated: quantise, dequantise, fp32 GEMM), the
-  embedding cosine against exact fp32 for each: which GEMMs and which scaling set FP8's error.
+  ``torch._scaled_mm``'s recipes (per tensor, row-wise with and without bias, fast accumulation,
+  DeepSeek-style 1x128 x 128x128 blocks), TFLOP/s each.
+- ``kernels``: one packed batch of ``--tokens`` tokens through the fast path at each of
+  ``--modes``; its rate, then a CUDA profile of two forwards with the GPU time per kernel
+  (``kernels.txt``, and a summary by kind of kernel).
+- ``dnabert``: DNABERT-S's GPU time per kernel on one packed batch of 100k tokens of real chunks
+  (fp16 with the fp32 residual, and bf16).
+- ``error``: an fp32 ESM-2 3B on ``--frames`` real frames, with the GEMMs' operands rounded to
+  e4m3 in several ways (emulated: quantise, dequantise, fp32 GEMM; with and without the bias
+  correction), and the real FP8 kernels: the embedding cosine against exact fp32 for each.
 
 Writes ``probe.md`` (every table) and ``probe.json`` under ``--out``.
 """

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, MIN_SCALE, add_layer_norm_fp8_reference
+from virnucpro.models.kernels.fp8_quantize import e4m3_row
 from virnucpro.models.kernels.triton_support import TritonKernel
 
 __all__ = ["add_layer_norm", "add_layer_norm_fp8", "add_layer_norm_reference", "triton_add_norm_available"]
@@ -49,6 +50,8 @@ def _build() -> Any:
     import triton
     import triton.language as tl
 
+    quantize_row = e4m3_row()
+
     @triton.jit
     def add_norm(x_ptr, y_ptr, w_ptr, b_ptr, h_ptr, s_ptr, n_cols, eps, fp8_max, min_scale,  # type: ignore[no-untyped-def]
                  BLOCK: tl.constexpr, STORE_SUM: tl.constexpr, QUANT: tl.constexpr):
@@ -70,8 +73,7 @@ def _build() -> Any:
         b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         h = tl.where(mask, centered * rstd * w + b, 0.0)
         if QUANT:  # e4m3 rows with their scales (virnucpro.models.kernels.fp8_rows's rule)
-            scale = tl.maximum(tl.max(tl.abs(h), axis=0) / fp8_max, min_scale)
-            h = tl.minimum(tl.maximum(h * (1.0 / scale), -fp8_max), fp8_max)  # one reciprocal per row
+            h, scale = quantize_row(h, fp8_max, min_scale)
             tl.store(s_ptr + row, scale)
         tl.store(h_ptr + offsets, h.to(h_ptr.dtype.element_ty), mask=mask)
 

@@ -20,6 +20,7 @@ PyTorch reference does.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, MIN_SCALE, quantize_rows
 from virnucpro.models.kernels.triton_support import TritonKernel
 
-__all__ = ["quantize_rows_fused", "quantize_rows_reference", "triton_quantize_available"]
+__all__ = ["e4m3_row", "quantize_rows_fused", "quantize_rows_reference", "triton_quantize_available"]
 
 
 def quantize_rows_reference(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,13 +42,32 @@ def triton_quantize_available() -> bool:
     return _KERNEL.available()
 
 
-def _build() -> Any:
+@functools.cache
+def e4m3_row() -> Any:
+    """The e4m3 row rule as a ``@triton.jit`` helper, for every kernel that holds a whole row:
+    ``q, scale = e4m3_row()(value, fp8_max, min_scale)`` with ``value`` the row in fp32 (masked
+    lanes 0). :func:`~virnucpro.models.kernels.fp8_rows.quantize_rows` is its reference."""
     import triton
     import triton.language as tl
 
     @triton.jit
+    def quantize_row(value, fp8_max, min_scale):  # type: ignore[no-untyped-def]
+        scale = tl.maximum(tl.max(tl.abs(value), axis=0) / fp8_max, min_scale)
+        q = tl.minimum(tl.maximum(value * (1.0 / scale), -fp8_max), fp8_max)  # one reciprocal per row
+        return q, scale
+
+    return quantize_row
+
+
+def _build() -> Any:
+    import triton
+    import triton.language as tl
+
+    quantize_row = e4m3_row()
+
+    @triton.jit
     def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, n_cols, fp8_max, min_scale,  # type: ignore[no-untyped-def]
-                             BLOCK: tl.constexpr, GELU: tl.constexpr, EXACT_DIVISION: tl.constexpr):
+                             BLOCK: tl.constexpr, GELU: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -55,12 +75,7 @@ def _build() -> Any:
         value = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if GELU:  # exact GELU: x/2 (1 + erf(x / sqrt 2))
             value = 0.5 * value * (1.0 + tl.erf(value * 0.7071067811865476))
-        scale = tl.maximum(tl.max(tl.abs(value), axis=0) / fp8_max, min_scale)
-        if EXACT_DIVISION:
-            q = tl.math.div_rn(value, scale)
-        else:  # one reciprocal per row: within one fp32 ulp of the division
-            q = value * (1.0 / scale)
-        q = tl.minimum(tl.maximum(q, -fp8_max), fp8_max)
+        q, scale = quantize_row(value, fp8_max, min_scale)
         tl.store(s_ptr + row, scale)
         tl.store(q_ptr + offsets, q.to(q_ptr.dtype.element_ty), mask=mask)
 
@@ -70,10 +85,10 @@ def _build() -> Any:
 _KERNEL = TritonKernel("FP8 row-quantisation kernel", _build)
 
 
-def quantize_rows_fused(x: torch.Tensor, *, gelu: bool = False, warps: int | None = None,
-                        exact_division: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_fused(x: torch.Tensor, *, gelu: bool = False,
+                        warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`quantize_rows_reference` in one pass on CUDA (Triton) for a contiguous ``[N, K]``
-    (``warps``, ``exact_division``: launch settings, for the benchmark's probe)."""
+    (``warps``: the launch's, for the benchmark's probe)."""
     if not (x.is_cuda and x.dim() == 2 and x.is_contiguous() and x.shape[0] > 0 and _KERNEL.usable()):
         return quantize_rows_reference(x, gelu=gelu)
     import triton
@@ -86,6 +101,6 @@ def quantize_rows_fused(x: torch.Tensor, *, gelu: bool = False, warps: int | Non
         # 3.09 ms at 8 warps (4: 4.07, 16: 3.87; inductor 4.40); 2,560 wide 0.25 ms at 4 (8: 0.29)
         warps = 8 if block >= 8192 else 4 if block >= 512 else 2
     if not _KERNEL.launch((rows,), x, q, scale, cols, E4M3_MAX, MIN_SCALE, BLOCK=block, num_warps=warps,
-                          GELU=gelu, EXACT_DIVISION=exact_division):
+                          GELU=gelu):
         return quantize_rows_reference(x, gelu=gelu)
     return q, scale

@@ -31,7 +31,8 @@ ADD_NORM = {"x_ptr": "*bf16", "y_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp3
             "s_ptr": "*fp32", "n_cols": "i32", "eps": "fp32", "fp8_max": "fp32", "min_scale": "fp32",
             "BLOCK": "constexpr", "STORE_SUM": "constexpr", "QUANT": "constexpr"}
 QUANTIZE = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "n_cols": "i32", "fp8_max": "fp32",
-            "min_scale": "fp32", "BLOCK": "constexpr", "GELU": "constexpr"}
+            "min_scale": "fp32", "BLOCK": "constexpr", "HEAD": "constexpr", "TAIL": "constexpr",
+            "GELU": "constexpr"}
 
 
 def load_at(rev: str, name: str, folder: Path) -> ModuleType:
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = [("add_norm", add_norm, ADD_NORM, {"x_ptr": x, "h_ptr": h},
               {"BLOCK": 4096, "STORE_SUM": True, "QUANT": q}, 4 if q else 8)
              for x, h, q in (("*bf16", "*fp8e4nv", True), ("*fp32", "*fp8e4nv", True), ("*fp32", "*fp16", False))]
-    cases += [("fp8_quantize", fp8_quantize, QUANTIZE, {}, {"BLOCK": b, "GELU": g, "EXACT_DIVISION": False}, w)
-              for g, b, w in ((True, 16384, 8), (False, 4096, 4))]
+    cases += [("fp8_quantize", fp8_quantize, QUANTIZE, {}, {"BLOCK": b, "HEAD": h, "TAIL": t, "GELU": g,
+                                                           "EXACT_DIVISION": False}, w)
+              for g, b, h, t, w in ((True, 16384, 8192, 2048, 8), (False, 4096, 2048, 512, 4))]
     same = True
     with tempfile.TemporaryDirectory() as tmp:
         old = {name: load_at(args.base, name, Path(tmp)) for name in KERNELS}
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             old_code = instructions(old[name]._KERNEL.kernel(), sig, constexprs, warps)
             equal = new_code == old_code
             same &= equal
-            shown = {k: v for k, v in {**types, **constexprs}.items() if k != "EXACT_DIVISION"}
+            shown = {k: v for k, v in {**types, **constexprs}.items()
+                     if k in module._KERNEL.kernel().arg_names}
             sys.stdout.write(f"{name} {shown}, {warps} warps: {'identical' if equal else 'DIFFERENT'} "
                              f"({len(new_code)} / {len(old_code)} PTX lines)\n")
     return 0 if same else 1

@@ -118,19 +118,21 @@ class StageSections:
         settle_heap()
         run_embedder(embedder, proteins[:64], self.esm_budget, self.args.shard_frames)
         _, stats = run_embedder(embedder, proteins, self.esm_budget, self.args.shard_frames)
-        row = rate_row("ESM-2 stage alone: FP8 (e4m3 GEMMs, row-wise scales), compiled; the pipeline sample",
+        accum = embedder.runner.fp8_fast_accum
+        row = rate_row(f"ESM-2 stage alone: FP8 (e4m3 GEMMs, row-wise scales, use_fast_accum={accum}: "
+                       "--precision fp8), compiled; the pipeline sample",
                        stats, esm_flops(stats["lengths"], m.esm_spec.num_layers, m.esm_spec.embed_dim),
                        self.peak_tflops, {"compile_s": round(compile_s, 1), **packing_info(embedder)})
         row["vs_bf16_stage"] = row["tokens_per_s"] / bf16_row["tokens_per_s"]
         self.row("esm", **row)
         self.say(f"ESM-2 FP8: {row['tokens_per_s']:.0f} tokens/s = {row['vs_bf16_stage']:.2f}x bf16")
         reference, _ = run_embedder(embedder, proteins[:256], self.esm_budget, self.args.shard_frames)
-        from virnucpro.models.fast import fp8
-
-        fp8.FAST_ACCUM = True  # the same embedder, the GEMMs with Hopper's fast accumulation
+        runner = embedder.runner
+        default = runner.fp8_fast_accum
+        runner.fp8_fast_accum = not default  # the same embedder, the other accumulation
         try:
             fast, stats = run_embedder(embedder, proteins, self.esm_budget, self.args.shard_frames)
-            fast_row = rate_row("ESM-2 stage alone: FP8 with use_fast_accum", stats,
+            fast_row = rate_row(f"ESM-2 stage alone: FP8 with use_fast_accum={not default}", stats,
                                 esm_flops(stats["lengths"], m.esm_spec.num_layers, m.esm_spec.embed_dim),
                                 self.peak_tflops)
             cos = cosine_rows(reference, fast[: len(reference)])
@@ -138,7 +140,7 @@ class StageSections:
                             cos_min_vs_fp8=float(cos.min()))
             self.row("esm", **fast_row)
         finally:
-            fp8.FAST_ACCUM = False
+            runner.fp8_fast_accum = default
         del embedder
         self.free_gpu()
 

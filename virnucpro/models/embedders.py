@@ -42,7 +42,7 @@ from virnucpro.errors import ModelLoadError
 from virnucpro.models.fast.compiled import compile_default
 from virnucpro.models.fast.dnabert import FastDnabert
 from virnucpro.models.fast.esm2 import FastEsm2
-from virnucpro.models.fast.fp8 import fp8_device_problem
+from virnucpro.models.fast.fp8 import FAST_ACCUM, fp8_device_problem
 from virnucpro.models.fast.packing import PackedBatch, pack_rows
 from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
 from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
@@ -362,6 +362,7 @@ class Esm2Embedder(_Embedder[FastEsm2]):
         packed: bool | None = None,
         fused_gelu: bool = False,
         fp8: bool = False,
+        fp8_fast_accum: bool = False,
     ) -> None:
         self.model = model
         self.alphabet = model.alphabet
@@ -375,7 +376,7 @@ class Esm2Embedder(_Embedder[FastEsm2]):
                 compile = compile_default(self.device, self.dtype)
             self.runner = FastEsm2(
                 model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2,
-                fused_gelu=fused_gelu, fp8=fp8,
+                fused_gelu=fused_gelu, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
             )  # fmt: skip
         elif fp8:
             raise ValueError("fp8 runs on the fast path only (CUDA)")
@@ -499,12 +500,13 @@ def esm_fast_options(precision: Precision) -> dict[str, object]:
       with fp32 reported per option there and by ``virnucpro validate-precision``.
     - fp16: the fused GELU only (an fp16 residual stream could overflow).
     - fp8 (opt-in, compute capability >= 8.9): bf16 as above, with the four GEMMs of each layer
-      in FP8 e4m3 (:mod:`~virnucpro.models.fast.fp8`); GELU exact.
+      in FP8 e4m3 (:mod:`~virnucpro.models.fast.fp8`); fc1's GELU in the tanh form, as bf16's,
+      inside the pass that quantises its output.
     """
     if precision is Precision.BF16:
         return {"residual_dtype": torch.bfloat16, "fused_gelu": True}
     if precision is Precision.FP8:
-        return {"residual_dtype": torch.bfloat16, "fp8": True}
+        return {"residual_dtype": torch.bfloat16, "fp8": True, "fp8_fast_accum": FAST_ACCUM}
     if precision is Precision.FP16:
         return {"fused_gelu": True}
     return {}

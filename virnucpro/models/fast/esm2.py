@@ -176,6 +176,7 @@ class FastEsm2:
         max_length: int = 1026,
         fused_gelu: bool = False,
         fp8: bool = False,
+        fp8_fast_accum: bool = False,
     ) -> None:
         self.encoder = encoder
         self.spec = encoder.spec
@@ -211,6 +212,7 @@ class FastEsm2:
         if fp8 and self.dtype != torch.bfloat16:
             raise ValueError("fp8 linear layers run beside bf16 attention and norms: load the weights in bf16")
         self.fp8 = fp8
+        self.fp8_fast_accum = fp8_fast_accum  # the FP8 GEMMs' use_fast_accum (fp8.FAST_ACCUM)
         self.triton_quantize = fp8 and self.device.type == "cuda" and triton_quantize_available()
         self.quantize = CompiledFunction(quantize_rows, enabled=compile and fp8 and not self.triton_quantize,
                                          backend=backend, dynamic_dims={0: (0,)})
@@ -391,11 +393,14 @@ class FastEsm2:
         for i, (args, (next_w, next_b, next_eps)) in enumerate(zip(self.layer_args, norms)):
             ln2_w, ln2_b = args[6], args[7]
             w_qkv, w_out, w_fc1, w_fc2 = self.fp8_weights[i]
-            qkv = fp8_linear(*h, w_qkv).view(rows, 3, self.heads, dim // self.heads)
+            fast = self.fp8_fast_accum
+            qkv = fp8_linear(*h, w_qkv, fast_accum=fast).view(rows, 3, self.heads, dim // self.heads)
             q, k = self._rotary(qkv, cos, sin)
             context = varlen_attention(q, k, qkv.select(1, 2), batch, scale=1.0).reshape(rows, dim)
-            x, *h = add_layer_norm_fp8(x, fp8_linear(*self._quantize(context), w_out), ln2_w, ln2_b, self.eps)
-            down = fp8_linear(*self._quantize(fp8_linear(*h, w_fc1), gelu=True), w_fc2)
+            x, *h = add_layer_norm_fp8(x, fp8_linear(*self._quantize(context), w_out, fast_accum=fast),
+                                       ln2_w, ln2_b, self.eps)
+            up = fp8_linear(*h, w_fc1, fast_accum=fast)
+            down = fp8_linear(*self._quantize(up, gelu=True), w_fc2, fast_accum=fast)
             if next_w is final.weight:
                 x, out = add_layer_norm(x, down, next_w, next_b, next_eps, torch.float32)
             else:

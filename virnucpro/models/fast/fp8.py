@@ -9,8 +9,9 @@ are most of that. In FP8 an H200 runs that GEMM mix at 1.66-1.77 × bf16's rate 
   ``torch._scaled_mm`` wants its second operand (column-major);
 - **activations** are quantised per row (per token) with the same rule
   (:mod:`~virnucpro.models.kernels.fp8_rows`): after a residual + layer norm inside that Triton
-  pass (the norm's output is written in e4m3 with its scales, never in bf16), fc1's output
-  together with its GELU in one compiled pointwise pass, the attention output in one compiled pass;
+  pass (the norm's output is written in e4m3 with its scales, never in bf16); fc1's output
+  together with its GELU (the tanh form, as the bf16/fp16 paths' fused epilogue), and the
+  attention output, each in one Triton pass (:mod:`~virnucpro.models.kernels.fp8_quantize`);
 - the product runs in ``torch._scaled_mm`` with both scale vectors and the bias, output bf16;
 - **bias correction**: a weight's rounding error ``E = W - Ŵ`` (``Ŵ`` the dequantised weight) is
   the same for every token, so it does not average out over a protein's residues the way the
@@ -37,6 +38,7 @@ from importlib import resources
 
 import torch
 
+from virnucpro.models.kernels.fp8_quantize import quantize_rows_reference
 from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, quantize_rows, row_scale
 
 __all__ = [
@@ -53,8 +55,9 @@ __all__ = [
 
 FP8_MIN_CAPABILITY = (8, 9)
 FAST_ACCUM = False
-"""``torch._scaled_mm``'s ``use_fast_accum`` (Hopper: partial sums kept in lower precision, faster).
-Off: agreement first; the benchmark times both (``esm_alone``'s FP8 rows)."""
+"""What ``--precision fp8`` runs with: ``torch._scaled_mm``'s ``use_fast_accum`` (Hopper: the
+tensor cores' partial sums are not promoted to full fp32 as often; faster). The benchmark times
+and checks both settings (``esm_alone``'s and ``precision``'s FP8 rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +101,17 @@ def calibration_proteins() -> tuple[str, ...]:
 
 
 def gelu_quantize_rows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc1's exact (erf) GELU, then :func:`quantize_rows`: compiled, the 4·D-wide activation is
-    read once and written once, in e4m3 (half the bytes of bf16)."""
-    return quantize_rows(torch.nn.functional.gelu(y.float()))
+    """fc1's GELU (:func:`~virnucpro.models.kernels.fp8_quantize.fc1_gelu`), then
+    :func:`quantize_rows`: what the Triton pass computes, for a GPU without it (compiled)."""
+    return quantize_rows_reference(y, gelu=True)
 
 
-def fp8_linear(q: torch.Tensor, scale: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:
-    """``x @ W.T + b`` from quantised rows ``(q, scale)`` of ``x`` and an :class:`Fp8Weight`; bf16."""
+def fp8_linear(q: torch.Tensor, scale: torch.Tensor, weight: Fp8Weight, *,
+               fast_accum: bool = False) -> torch.Tensor:
+    """``x @ W.T + b`` from quantised rows ``(q, scale)`` of ``x`` and an :class:`Fp8Weight`; bf16
+    (``fast_accum``: see :data:`FAST_ACCUM`)."""
     return torch._scaled_mm(q, weight.q_t, scale_a=scale, scale_b=weight.scale, bias=weight.bias,
-                            out_dtype=torch.bfloat16, use_fast_accum=FAST_ACCUM)
+                            out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
 
 
 def fp8_device_problem(device: torch.device | str) -> str | None:

@@ -68,9 +68,11 @@ def test_fp8_linear_agrees_with_fp32() -> None:
     assert float((got.float() - want).abs().max()) < 0.1 * float(want.abs().max())
 
 
-def test_gelu_then_quantise_is_the_exact_gelu() -> None:
+def test_gelu_then_quantise_is_fc1s_tanh_gelu_quantised() -> None:
     y = torch.linspace(-4, 4, 64).repeat(2, 1)
     q, scale = gelu_quantize_rows(y)
+    want_q, want_scale = quantize_rows(F.gelu(y, approximate="tanh"))
+    assert torch.equal(q.float(), want_q.float()) and torch.equal(scale, want_scale)
     assert _cosine(q.float() * scale, F.gelu(y)) > 0.999
 
 
@@ -94,6 +96,28 @@ def test_packed_esm_in_fp8_agrees_with_fp32(esm_bf16) -> None:  # type: ignore[n
     assert _cosine(got, reference) > 0.99  # random tiny weights; the 3B's figure is the benchmark's
     assert _cosine(got, bf16_only) > 0.99
     assert not torch.equal(got, bf16_only)  # the GEMMs did run in FP8
+
+
+def test_fp8_fast_accumulation_reaches_every_gemm_call(esm_bf16, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.models.fast import fp8
+
+    _, bf16, _ = esm_bf16
+    seen: list[bool] = []
+    real = torch._scaled_mm
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs["use_fast_accum"])
+        return real(*args, **kwargs)  # the real GEMM: only the setting is recorded
+
+    options = esm_fast_options(Precision.FP8)
+    assert options["fp8_fast_accum"] is fp8.FAST_ACCUM  # what --precision fp8 runs
+    for accum in (True, False):
+        embedder = Esm2Embedder(bf16, fast=True, compile=False, packed=True, **{**options, "fp8_fast_accum": accum})
+        monkeypatch.setattr(torch, "_scaled_mm", recording)
+        seen.clear()
+        embedder.embed(PROTEINS)
+        monkeypatch.setattr(torch, "_scaled_mm", real)
+        assert len(seen) == 4 * 4 and set(seen) == {accum}  # four GEMMs in each of the four layers
 
 
 def test_fp8_needs_bf16_weights_and_the_fast_path(esm_bf16) -> None:  # type: ignore[no-untyped-def]
@@ -134,8 +158,14 @@ def test_gpu_fp8_gemm_agrees_with_fp32_at_esm_3b_shapes() -> None:
         x = torch.randn(4096, n_in, device=cuda, dtype=torch.bfloat16)
         weight = torch.randn(n_out, n_in, device=cuda, dtype=torch.bfloat16) / n_in**0.5
         bias = 0.1 * torch.randn(n_out, device=cuda, dtype=torch.bfloat16)
-        got = fp8_linear(*quantize_rows(x), quantize_weight(weight, bias))
-        assert _cosine(got.float(), F.linear(x.float(), weight.float(), bias.float())) > 0.998, (n_out, n_in)
+        want = F.linear(x.float(), weight.float(), bias.float())
+        q, w = quantize_rows(x), quantize_weight(weight, bias)
+        got = fp8_linear(*q, w)
+        fast = fp8_linear(*q, w, fast_accum=True)
+        assert _cosine(got.float(), want) > 0.998, (n_out, n_in)
+        assert _cosine(fast.float(), want) > 0.998, (n_out, n_in)
+        # Hopper's fast accumulation changes the sums, a little (K = 2,560 or 10,240)
+        assert _cosine(fast.float(), got.float()) > 0.9999 and not torch.equal(fast, got), (n_out, n_in)
 
 
 @gpu

@@ -79,6 +79,27 @@ def test_without_cuda_row_quantisation_is_the_reference() -> None:
     assert F.cosine_similarity((q.float() * scale).flatten(), F.gelu(x.float()).flatten(), dim=0) > 0.999
 
 
+def test_fc1s_gelu_is_the_tanh_form_within_a_few_ten_thousandths_of_erf() -> None:
+    from virnucpro.models.kernels.fp8_quantize import fc1_gelu
+
+    y = torch.linspace(-8, 8, 4001)
+    got = fc1_gelu(y.to(torch.bfloat16))
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, F.gelu(y.to(torch.bfloat16).float(), approximate="tanh"))
+    gap = float((got - F.gelu(y.to(torch.bfloat16).float())).abs().max())
+    assert 1e-5 < gap < 5e-4  # the tanh form, not erf's; far below e4m3's step (2^-4 relative)
+
+
+@pytest.mark.parametrize("cols,parts", [(10240, (8192, 2048)), (2560, (2048, 512)), (4096, (4096, 1)),
+                                        (40, (32, 8)), (33, (32, 1)), (1, (1, 1)), (100, (64, 64))])
+def test_a_row_is_two_power_of_two_blocks_that_cover_it(cols: int, parts: tuple[int, int]) -> None:
+    from virnucpro.models.kernels.fp8_quantize import row_parts
+
+    head, tail = row_parts(cols)
+    assert (head, tail) == parts
+    assert head <= cols <= head + tail
+
+
 @gpu
 @pytest.mark.parametrize("rows,dim", [(1, 2560), (4099, 2560), (2051, 10240), (33, 40)])
 @pytest.mark.parametrize("gelu", [False, True])
@@ -99,6 +120,6 @@ def test_gpu_row_quantisation_kernel_matches_the_reference(rows: int, dim: int, 
     rq, rs = quantize_rows_reference(x, gelu=gelu)
     assert kq.dtype == torch.float8_e4m3fn and ks.shape == (rows, 1)
     assert torch.allclose(ks, rs, rtol=1e-6, atol=0)
-    # the same e4m3 value, or its neighbour where erf's last bit moved a value across a tie
+    # the same e4m3 value, or its neighbour where the fast exp/division's last bit moved a value across a tie
     assert float((kq.float() - rq.float()).abs().max()) <= 32
     assert float((kq.float() != rq.float()).float().mean()) < 0.001

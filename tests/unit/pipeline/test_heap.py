@@ -37,7 +37,7 @@ def test_settle_heap_collects_garbage_and_freezes_survivors() -> None:
     assert not any(o is survivor for o in gc.get_objects())  # out of every later collection's scan
 
 
-def test_settle_heap_again_collects_frozen_objects_dropped_since() -> None:
+def test_settle_heap_after_a_release_collects_frozen_objects_dropped_since() -> None:
     released = _Node()
     dead = weakref.ref(released)
     settle_heap()
@@ -45,7 +45,21 @@ def test_settle_heap_again_collects_frozen_objects_dropped_since() -> None:
     gc.collect()
     assert dead() is not None  # frozen: a plain collection does not see it
     settle_heap()
+    assert dead() is not None  # a second warm-up collects only what is not frozen yet
+    settle_heap(released=True)
     assert dead() is None  # unfrozen first, then collected
+
+
+def test_a_second_settle_collects_the_new_garbage_and_freezes_the_new_survivors() -> None:
+    settle_heap()
+    before = gc.get_freeze_count()
+    garbage = _Node()
+    dead = weakref.ref(garbage)
+    del garbage
+    survivors = [_Node() for _ in range(100)]
+    assert settle_heap() >= before + 100
+    assert dead() is None
+    assert not any(o is survivors[0] for o in gc.get_objects())
 
 
 def test_worker_settles_after_load_and_frees_a_released_model(demo_models, tmp_path: Path) -> None:

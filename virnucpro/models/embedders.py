@@ -39,7 +39,7 @@ import torch
 
 from virnucpro.config import Precision
 from virnucpro.errors import ModelLoadError
-from virnucpro.models.fast.compiled import compile_default, eager_in_this_thread
+from virnucpro.models.fast.compiled import compile_default
 from virnucpro.models.fast.dnabert import FastDnabert
 from virnucpro.models.fast.esm2 import FastEsm2
 from virnucpro.models.fast.fp8 import FAST_ACCUM, fp8_device_problem
@@ -278,23 +278,6 @@ class _Embedder(ABC, Generic[_Runner]):
             rows = self.encode(texts)
             self.packing.check(self.submit(rows).result(), self._padded(rows, None).cpu())
 
-    def load_kernels(self) -> None:
-        """Run the fast path once on two tiny batches, compiling nothing
-        (:func:`~virnucpro.models.fast.compiled.eager_in_this_thread`), so that the binaries of
-        its kernels and the libraries' handles are loaded now. A worker calls this from the
-        thread that read a model it warms up later: an H200 worker spent 0.6 s loading ESM-2's
-        Triton binaries in its warm-up, inside the run's first stage (py-spy, run M2)."""
-        if self.runner is None:
-            return
-        with eager_in_this_thread():
-            for texts in self._tiny_batches():
-                self.embed(texts)
-
-    @abstractmethod
-    def _tiny_batches(self) -> tuple[list[str], ...]:
-        """Two batches of a few short inputs, their token totals one divisible by 16 and one
-        not (Triton compiles a kernel apart for each)."""
-
 
 class DnabertEmbedder(_Embedder[FastDnabert]):
     """DNABERT-S features: ``embed(dna) -> [N, dim]`` float32 on the CPU."""
@@ -330,9 +313,6 @@ class DnabertEmbedder(_Embedder[FastDnabert]):
     def encode(self, sequences: list[str]) -> list[list[int]]:
         """Token ids per sequence, ``[CLS]`` and ``[SEP]`` included."""
         return self.tokenizer.encode_batch(sequences) if sequences else []
-
-    def _tiny_batches(self) -> tuple[list[str], ...]:
-        return ["ACGTTGCA" * 8, "GATTACA" * 9], ["ACGTTGCA" * 8, "ACGTTGCA" * 13]  # 31, 48 tokens
 
     def token_lengths(self, sequences: list[str]) -> list[int]:
         """Tokens per sequence, ``[CLS]`` and ``[SEP]`` included (the padded-cost unit)."""
@@ -404,9 +384,6 @@ class Esm2Embedder(_Embedder[FastEsm2]):
             "--precision fp8 runs on packed batches only (its padded fallback would be bf16, not "
             "the precision asked for); use --precision bf16" if fp8 else None),
             min_cosine=FP8_CHECK_MIN_COSINE if fp8 else PACKED_CHECK_MIN_COSINE)
-
-    def _tiny_batches(self) -> tuple[list[str], ...]:
-        return ["MKVLAAGIVGLLLAQ" + "ACDEFGHIKL", "MSTNPKPQRKTKRNT"], ["MKVLAAGIVGLLLAQACDEFGHIKLMNPQR"]  # 44, 32 tokens
 
     def token_lengths(self, proteins: list[str]) -> list[int]:
         """Tokens per protein after truncation, BOS and EOS included."""

@@ -22,7 +22,7 @@ def settle_heap(*, released: bool = False) -> int:
     ``released``: a model was just released; what was frozen is unfrozen first, so its objects
     are collected (a walk of the whole heap). Otherwise (a second model warmed up) only what is
     not frozen yet is collected: on an H200 worker the whole walk took ~0.2 s (py-spy, run M2 in
-    docs/benchmarks.md), inside the first stage. Returns the number of frozen objects.
+    docs/benchmarks.md), inside the run's first stage (ESM-2's deferred warm-up). Returns the number of frozen objects.
     """
     if released:
         gc.unfreeze()

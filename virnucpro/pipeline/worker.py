@@ -136,7 +136,6 @@ class _Worker:
         self.load_seconds: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
         self.warmup_steps: dict[str, dict[str, float]] = {}  # per model: each warm-up step's seconds
-        self.kernel_load_seconds: dict[str, float] = {}  # a cold model's kernels, in its reading thread
         if spec.on_gpu:
             torch.cuda.set_device(self.device)
 
@@ -178,9 +177,7 @@ class _Worker:
 
             prefetch_cache_key()  # Triton's ~0.5 s hash of itself, beside the reads, not in the warm-up
         with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="load") as pool:
-            # a model warmed up later loads its kernels in its reading thread (Embedder.load_kernels)
-            futures = {pool.submit(self._build_timed, stage, warm_first_only and stage is not todo[0]): stage
-                       for stage in todo}
+            futures = {pool.submit(self._build_timed, stage): stage for stage in todo}
             for future in as_completed(futures):  # a failed read raises here, the others finish
                 embedder, loaded = future.result()
                 stage = futures[future]
@@ -207,16 +204,11 @@ class _Worker:
             f"{stage.value} warm-up": round(self.compile_seconds[stage.value], 3),
             **{f"{stage.value} warm-up: {step}": v for step, v in steps.items()}}))
 
-    def _build_timed(self, stage: FeatureStage, load_kernels: bool = False) -> tuple[Any, float]:
+    def _build_timed(self, stage: FeatureStage) -> tuple[Any, float]:
         if self.spec.on_gpu:
             self.torch.cuda.set_device(self.device)  # per thread
         embedder = self._build(stage)
-        read = time.perf_counter()
-        if load_kernels and self.spec.on_gpu:
-            embedder.load_kernels()
-            self.torch.cuda.synchronize(self.device)
-            self.kernel_load_seconds[stage.value] = round(time.perf_counter() - read, 3)
-        return embedder, read
+        return embedder, time.perf_counter()
 
     def _build(self, stage: FeatureStage) -> Any:
         from virnucpro.models.embedders import load_dnabert_embedder, load_esm2_embedder
@@ -452,7 +444,6 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any, warm_firs
                 device_name=device_name,
                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                 phases={**{f"{k} read": round(v, 3) for k, v in worker.load_seconds.items()},
-                        **{f"{k} kernels loaded (beside)": v for k, v in worker.kernel_load_seconds.items()},
                         **{f"{k} warm-up": round(v, 3) for k, v in worker.compile_seconds.items()},
                         **{f"{k} warm-up: {step}": v for k, steps in worker.warmup_steps.items()
                            for step, v in steps.items()}},

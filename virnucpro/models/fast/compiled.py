@@ -15,18 +15,15 @@ without a mask) from then on.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 __all__ = [
     "CompiledFunction",
-    "eager_in_this_thread",
     "compile_default",
     "use_flash_and_efficient_attention",
     "COMPILE_ENV",
@@ -36,21 +33,6 @@ logger = logging.getLogger(__name__)
 
 COMPILE_ENV = "VIRNUCPRO_COMPILE"
 """``0`` turns ``torch.compile`` off everywhere; ``1`` turns it on (also for fp32)."""
-
-
-_EAGER = threading.local()
-
-
-@contextlib.contextmanager
-def eager_in_this_thread() -> Iterator[None]:
-    """Every :class:`CompiledFunction` called from this thread inside the block runs its eager
-    function (the same computation) and compiles nothing: ``torch.compile`` is only ever called
-    from a worker's main thread, while other threads may run a model's other kernels."""
-    _EAGER.active = True
-    try:
-        yield
-    finally:
-        _EAGER.active = False
 
 
 def use_flash_and_efficient_attention(device: torch.device) -> None:
@@ -109,9 +91,6 @@ class CompiledFunction:
         self.calls += 1
         signature = tuple(a is None for a in args)  # e.g. with / without an attention mask
         if not self.enabled or signature in self._failed:
-            return self.fn(*args)
-        if getattr(_EAGER, "active", False):
-            self.eager_calls += 1
             return self.fn(*args)
         marks = []
         for index, dims in self.dynamic_dims.items():

@@ -146,31 +146,6 @@ def test_compiled_function_marks_dims_and_counts() -> None:
     assert torch.equal(off(torch.ones(2), None), torch.full((2,), 2.0))
 
 
-def test_eager_in_this_thread_compiles_nothing_there_and_only_there() -> None:
-    import threading
-
-    from virnucpro.models.fast.compiled import eager_in_this_thread
-
-    seen: list[bool] = []
-
-    def f(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        seen.append(torch.compiler.is_compiling())
-        return x * 3
-
-    fn = CompiledFunction(f, enabled=True, backend="eager", dynamic_dims={0: (0,)})
-    others: list[bool] = []
-    with eager_in_this_thread():
-        assert torch.equal(fn(torch.ones(4, 2), None), torch.full((4, 2), 3.0))
-        assert seen == [False] and (f, "eager") not in CompiledFunction._cache  # eager: no torch.compile
-        assert fn.eager_calls == 1
-        worker = threading.Thread(target=lambda: (fn(torch.ones(4, 2), None), others.extend(seen[1:])))
-        worker.start()
-        worker.join()
-    assert others == [True]  # another thread meanwhile compiled as usual
-    fn(torch.ones(4, 2), None)
-    assert fn.calls == 3
-
-
 def test_compile_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(COMPILE_ENV, raising=False)
     assert not compile_default(CPU, torch.bfloat16)
@@ -227,27 +202,6 @@ def _dnabert_batch(embedder: DnabertEmbedder, dna: list[str]) -> tuple[torch.Ten
         ids[i, : len(row)] = torch.tensor(row)
     keep = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
     return ids, keep
-
-
-def test_loading_kernels_runs_both_tiny_batches_and_changes_nothing(demo_esm_checkpoint: Path,
-                                                                   demo_dnabert_dir: Path) -> None:
-    esm = Esm2Embedder(load_esm2(demo_esm_checkpoint, torch.device("cpu"), torch.bfloat16), fast=True,
-                       compile=True, packed=True)
-    model, tokenizer = load_dnabert(demo_dnabert_dir, torch.device("cpu"), torch.bfloat16)
-    dnabert = DnabertEmbedder(model, tokenizer, fast=True, compile=True, packed=False)
-    for embedder in (esm, dnabert):
-        batches = embedder._tiny_batches()
-        totals = [sum(len(r) for r in embedder.encode(b)) for b in batches]
-        assert len(batches) == 2 and sorted(t % 16 == 0 for t in totals) == [False, True], totals
-        before = embedder.embed(batches[0])
-        layer = embedder.runner.layer
-        calls, eager = layer.calls, layer.eager_calls
-        embedder.load_kernels()
-        assert layer.calls - calls == layer.eager_calls - eager  # every compiled layer ran eagerly
-        assert (layer.calls > calls) == (not embedder.packed)  # padded batches run the compiled layer
-        assert torch.equal(embedder.embed(batches[0]), before)
-    assert esm.packed and esm.packing.failed is None
-    assert Esm2Embedder(load_esm2(demo_esm_checkpoint, torch.device("cpu"), torch.float32)).runner is None
 
 
 def test_submit_is_asynchronous_api_and_empty_batches(demo_esm_checkpoint: Path, demo_dnabert_dir: Path) -> None:

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,9 +232,12 @@ class Expansion:
     """
 
     def __init__(self, stage: FeatureStage, shards: list[Shard], planned: list[UniqueShard],
-                 computed: Iterable[int], paths: OutputPaths) -> None:
+                 computed: Iterable[int], paths: OutputPaths,
+                 on_complete: Callable[[Shard], None] | None = None) -> None:
         """``shards``: every shard of the run; ``planned``: those to do (plan order = shard
-        order); ``computed``: the IDs of planned shards whose rows need no computing."""
+        order); ``computed``: the IDs of planned shards whose rows need no computing;
+        ``on_complete(shard)`` is called (in the expanding thread) once a planned shard's full
+        feature file is written."""
         planned_ids = {u.shard.shard_id for u in planned}
         self.stage = stage
         self.paths = paths
@@ -248,6 +251,7 @@ class Expansion:
             for u in planned
         }
         self.expanded = 0
+        self.on_complete = on_complete
 
     def computed(self, shard_id: int | None = None) -> None:
         """Shard ``shard_id``'s rows are computed (None: nothing new); expand what can be now."""
@@ -266,6 +270,8 @@ class Expansion:
                 self._complete.add(shard.name)
                 self._pending.remove(unique)
                 progress = True
+                if self.on_complete is not None:
+                    self.on_complete(shard)
 
     def finish(self) -> None:
         """Expand what is left (every shard's rows are computed by now)."""

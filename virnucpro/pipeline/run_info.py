@@ -104,12 +104,13 @@ class StageInfo:
     cache_hits: int = 0  # frames read from the embedding cache
     cache_added: int = 0  # rows added to the embedding cache
     phase_seconds: dict[str, float] = field(default_factory=dict)  # time outside embedding, by step
+    shards_scored: int = 0  # shards the classifier scored beside the stage
 
     @classmethod
     def of(cls, report: StageReport) -> "StageInfo":
         data = report.to_dict()
         extra = {k: data.pop(k) for k in ("resumed", "fp32_recomputed", "duplicate_frames", "cache_hits",
-                                            "cache_added", "phase_seconds")}
+                                            "cache_added", "phase_seconds", "shards_scored")}
         return cls(**data, frames_per_s=report.frames_per_s, tokens_per_s=report.tokens_per_s, **extra)
 
     @property

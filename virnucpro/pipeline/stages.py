@@ -89,6 +89,9 @@ class PreparedSample:
 
 @dataclass(frozen=True, slots=True)
 class ClassifyReport:
+    """The classify step: ``shards_skipped`` had their scores on disk already (scored beside the
+    ESM-2 stage, or by the interrupted run this one resumes)."""
+
     n_frames: int
     input_dim: int
     seconds: float
@@ -221,37 +224,64 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 # -- classify --------------------------------------------------------------------------------
+class ShardScorer:
+    """Scores shards with the classifier: both feature files of a shard, joined by frame ID,
+    classified on the CPU in fp32, written as the shard's score file. The one place this is done:
+    beside the ESM-2 stage for each shard as its features are complete, and by the classify step
+    for any shard still without scores.
+
+    The scores folder is claimed for the classifier and the feature folders' keys (``features``,
+    by stage; default: as the folders record them now), so scores made by another classifier or
+    from other features are never reused.
+    """
+
+    def __init__(self, prepared: "PreparedSample", classifier_path: Path,
+                 features: dict[str, dict | None] | None = None) -> None:
+        from virnucpro.models.reference.classifier import load_classifier
+
+        self.paths = prepared.paths
+        self.classifier_path = classifier_path
+        if features is None:
+            features = {stage.value: read_key(self.paths.features_dir / stage.value) for stage in FEATURE_STAGES}
+        claim_folder(self.paths.scores_dir, score_key(classifier_path, features), "scores")
+        self.model = load_classifier(classifier_path)
+        self.input_dim = int(self.model.input_dim)
+
+    def done(self, shard: Shard) -> bool:
+        """The shard's score file is complete (checked against its frame IDs)."""
+        return features_complete(self.paths.score_file(shard.name), list(iter_shard_ids(shard.path)))
+
+    def score(self, shard: Shard) -> None:
+        """Write the shard's scores (both feature files must be complete)."""
+        import torch
+
+        from virnucpro.models.reference.classifier import classify
+
+        ids = list(iter_shard_ids(shard.path))
+        dnabert = load_features(self.paths.feature_file(FeatureStage.DNABERT.value, shard.name), ids)
+        esm = load_features(self.paths.feature_file(FeatureStage.ESM.value, shard.name), ids)
+        merged = np.concatenate([dnabert, esm], axis=1)
+        if merged.shape[1] != self.input_dim:
+            raise ModelLoadError(
+                f"{self.classifier_path}: the classifier expects {self.input_dim} features, but "
+                f"DNABERT-S gives {dnabert.shape[1]} and ESM-2 {esm.shape[1]} ({merged.shape[1]}); "
+                "use the classifier trained with these two models"
+            )
+        save_features(self.paths.score_file(shard.name), ids, classify(self.model, torch.from_numpy(merged)))
+
+
 def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyReport:
-    """Join both embeddings by frame ID, classify on the CPU in fp32, write scores per shard."""
-    import torch
-
-    from virnucpro.models.reference.classifier import classify, load_classifier
-
+    """Score every shard whose scores are not on disk yet (:class:`ShardScorer`): after a run's
+    ESM-2 stage, which scores each shard beside it, usually none."""
     started = time.perf_counter()
-    paths = prepared.paths
-    features = {stage.value: read_key(paths.features_dir / stage.value) for stage in FEATURE_STAGES}
-    claim_folder(paths.scores_dir, score_key(classifier_path, features), "scores")
-    model = load_classifier(classifier_path)
-    input_dim = int(model.input_dim)
+    scorer = ShardScorer(prepared, classifier_path)
     skipped = 0
     for shard in prepared.shards:
-        out = paths.score_file(shard.name)
-        ids = list(iter_shard_ids(shard.path))
-        if features_complete(out, ids):
+        if scorer.done(shard):
             skipped += 1
             continue
-        dnabert = load_features(paths.feature_file(FeatureStage.DNABERT.value, shard.name), ids)
-        esm = load_features(paths.feature_file(FeatureStage.ESM.value, shard.name), ids)
-        merged = np.concatenate([dnabert, esm], axis=1)
-        if merged.shape[1] != input_dim:
-            raise ModelLoadError(
-                f"{classifier_path}: the classifier expects {input_dim} features, but DNABERT-S "
-                f"gives {dnabert.shape[1]} and ESM-2 {esm.shape[1]} ({merged.shape[1]}); use the "
-                "classifier trained with these two models"
-            )
-        probs = classify(model, torch.from_numpy(merged))
-        save_features(out, ids, probs)  # same checked format as features
-    return ClassifyReport(prepared.n_frames, input_dim, time.perf_counter() - started, skipped)
+        scorer.score(shard)
+    return ClassifyReport(prepared.n_frames, scorer.input_dim, time.perf_counter() - started, skipped)
 
 
 def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, FrameScore]]:

@@ -35,9 +35,15 @@ from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.memory import MemoryCheckpoint, read_checkpoint
 from virnucpro.models.compatibility import ModelDims
 from virnucpro.pipeline.plan import RunPlan, check_run_models, plan_run
-from virnucpro.pipeline.stage import FeatureStage
-from virnucpro.pipeline.stages import classify_stage, prepare_stage, report_stage
-from virnucpro.pipeline.work_keys import FEATURE_FORMAT_VERSION, claim_folder, feature_key, record_model_sha256
+from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
+from virnucpro.pipeline.stages import ShardScorer, classify_stage, prepare_stage, report_stage
+from virnucpro.pipeline.work_keys import (
+    FEATURE_FORMAT_VERSION,
+    claim_folder,
+    feature_key,
+    record_model_sha256,
+    settled_key,
+)
 from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
 
 __all__ = [
@@ -119,15 +125,20 @@ def feature_step(
 
     Feature files of this stage made by another model, tokenizer, precision or format are
     recomputed (:mod:`~virnucpro.pipeline.work_keys`); a stage found complete reports the figures
-    of the run that computed it, marked ``resumed``.
+    of the run that computed it, marked ``resumed``. The last stage (ESM-2) also scores each shard
+    as soon as its features are complete (:func:`_scoring_beside`), while the GPU computes the next.
     """
     paths = prepared.paths
     folder = paths.features_dir / stage.value
     model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
     claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features",
                  model=model.weights_file)
+    scoring = _ScoringBeside(plan, prepared) if stage is FEATURE_STAGES[-1] else None
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
-    report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage))
+    report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage),
+                             on_complete=scoring)
+    if scoring is not None:
+        report = replace(report, shards_scored=scoring.scored)
     record_model_sha256(folder, model.weights_file)  # hashed beside the stage by the checksums step
     earlier = folder / _STAGE_REPORT
     if report.shards_skipped == report.shards_total and report.shards_total:
@@ -140,6 +151,36 @@ def feature_step(
 
 
 _STAGE_REPORT = "REPORT.json"
+
+
+class _ScoringBeside:
+    """Scores each shard (:class:`ShardScorer`) as the last feature stage completes its features,
+    in the stage's expanding thread, while the GPU computes the next shards. Best effort: a
+    shard that fails here is left to the classify step, which scores it again and reports any
+    error (score files are written atomically: none is half-written).
+
+    The scores are claimed under the feature keys as the stage will leave them
+    (:func:`~virnucpro.pipeline.work_keys.settled_key`: with the model's SHA-256, from the
+    run's background checksums), which the classify step then finds: it scores only what is left.
+    """
+
+    def __init__(self, plan: RunPlan, prepared: Any) -> None:
+        self.plan = plan
+        self.prepared = prepared
+        self.scorer: ShardScorer | None = None
+        self.scored = 0
+
+    def __call__(self, shard: Any) -> None:
+        try:
+            if self.scorer is None:
+                models = {FeatureStage.DNABERT: self.plan.models.dnabert, FeatureStage.ESM: self.plan.models.esm}
+                keys = {stage.value: settled_key(self.prepared.paths.features_dir / stage.value,
+                                                 models[stage].weights_file) for stage in FEATURE_STAGES}
+                self.scorer = ShardScorer(self.prepared, self.plan.models.classifier.path, keys)
+            self.scorer.score(shard)
+            self.scored += 1
+        except Exception as exc:  # the classify step meets the same error and reports it
+            logger.debug("%s: not scored beside the stage (%s); the classify step will", shard.name, exc)
 
 
 def _embedding_cache(plan: RunPlan, stage: FeatureStage) -> EmbeddingCache | None:

@@ -130,12 +130,20 @@ def claim_folder(folder: Path, key: dict[str, Any], what: str, model: Path | Non
     return stale
 
 
+def settled_key(folder: Path, model: Path) -> dict[str, Any] | None:
+    """``folder``'s key as :func:`record_model_sha256` leaves it: with the model file's SHA-256
+    when the key names this file (it waits for the run's background checksums if they are
+    reading the file, instead of reading it twice)."""
+    key = read_key(folder)
+    if key is None or key.get("model_identity") != file_identity(model) or "model_sha256" in key:
+        return key
+    return {**key, "model_sha256": sha256_file_unchanged(model)}
+
+
 def record_model_sha256(folder: Path, model: Path) -> None:
     """Add the model file's SHA-256 to ``folder``'s key (after the stage: the run's background
     checksums have read the file by then), so a copy of the same file is recognised later."""
     key = read_key(folder)
-    if key is None or key.get("model_identity") != file_identity(model):
-        return
-    if "model_sha256" not in key:
-        key["model_sha256"] = sha256_file_unchanged(model)
-        atomic_write_text(folder / KEY_FILE, json.dumps(key, indent=1, sort_keys=True) + "\n")
+    settled = settled_key(folder, model)
+    if settled is not None and settled != key:
+        atomic_write_text(folder / KEY_FILE, json.dumps(settled, indent=1, sort_keys=True) + "\n")

@@ -128,6 +128,7 @@ class StageReport:
     cache_hits: int = 0  # frames read from the embedding cache (--embedding-cache)
     cache_added: int = 0  # rows this stage added to the embedding cache
     phase_seconds: dict[str, float] = field(default_factory=dict)  # the stage's time outside embedding, by step (PHASES)
+    shards_scored: int = 0  # shards the classifier scored beside the stage (the last one)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -164,6 +165,8 @@ class StageReport:
             line += f"; {self.shards_skipped} of {self.shards_total} shards were already done"
         if self.duplicate_frames:
             line += f"; {self.duplicate_frames} frames were duplicates of others in the run (computed once)"
+        if self.shards_scored:
+            line += f"; {self.shards_scored} shards scored by the classifier beside it"
         if self.cache_hits or self.cache_added:
             line += (f"; embedding cache: {self.cache_hits} frames read from it, "
                      f"{self.cache_added} new rows added")
@@ -212,9 +215,12 @@ class BatchQueueManager:
 
     # -- a stage ------------------------------------------------------------------------------
     def run_stage(self, stage: FeatureStage, shards: list[Shard], paths: OutputPaths,
-                  cache: EmbeddingCache | None = None) -> StageReport:
+                  cache: EmbeddingCache | None = None,
+                  on_complete: Callable[[Shard], None] | None = None) -> StageReport:
         """Compute ``stage`` features for every shard not already on disk; verify all of them.
-        Rows ``cache`` holds are read from it; the rows computed are added to it."""
+        Rows ``cache`` holds are read from it; the rows computed are added to it.
+        ``on_complete(shard)`` is called beside the stage, in its expanding thread, as each
+        computed shard's full feature file is written (an error there fails the stage)."""
         started = time.perf_counter()
         phases: dict[str, float] = {}
         expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
@@ -234,7 +240,7 @@ class BatchQueueManager:
         to_compute = {shard.shard_id for shard, _ in work}
         expansion = dedupe.Expansion(stage, shards, planned,
                                      [u.shard.shard_id for u in planned if u.shard.shard_id not in to_compute],
-                                     paths)
+                                     paths, on_complete)
         phases["plan"] = time.perf_counter() - started
         # duplicates' rows are copied into full feature files beside the stage, one thread
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="expand") as expander:

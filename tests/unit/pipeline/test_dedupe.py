@@ -74,7 +74,9 @@ def test_shards_are_expanded_as_soon_as_their_sources_are_complete(tmp_path: Pat
     shards = [s0, s1, s2]
     planned = dedupe.plan_unique(FeatureStage.DNABERT, shards, shards, paths)
     assert [u.needs_expanding for u in planned] == [False, True, True]
-    expansion = dedupe.Expansion(FeatureStage.DNABERT, shards, planned, [], paths)
+    completed: list[tuple[str, bool]] = []  # each shard as its full file is written, and whether it was
+    expansion = dedupe.Expansion(FeatureStage.DNABERT, shards, planned, [], paths, on_complete=lambda shard:
+                                 completed.append((shard.name, paths.feature_file("dnabert", shard.name).is_file())))
     full = [paths.feature_file("dnabert", s.name) for s in shards]
 
     def computed(unique: dedupe.UniqueShard, rows: list[list[float]]) -> None:  # a worker's file, then the news
@@ -90,6 +92,7 @@ def test_shards_are_expanded_as_soon_as_their_sources_are_complete(tmp_path: Pat
     with np.load(full[2]) as data:
         assert list(data["ids"]) == ["eF1", "fF1"] and data["emb"].tolist() == [[2.0], [6.0]]
     expansion.finish()  # nothing left
+    assert completed == [("shard_000001", True), ("shard_000000", True), ("shard_000002", True)]
 
 
 def test_finishing_expands_what_is_left(tmp_path: Path) -> None:

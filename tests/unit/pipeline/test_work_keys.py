@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from virnucpro.pipeline.work_keys import claim_folder, read_key, record_model_sha256, score_key
+from virnucpro.pipeline.work_keys import claim_folder, read_key, record_model_sha256, score_key, settled_key
 
 
 def _folder_with_work(tmp_path: Path, model: Path, key: dict) -> Path:
@@ -32,6 +32,21 @@ def test_the_same_file_is_recognised_without_hashing_and_a_copy_by_its_sha(tmp_p
     assert claim_folder(folder, key, "features", model=copy) is False
     assert (folder / "shard_000000.npz").exists()
     assert read_key(folder)["model_identity"][0] == str(copy.resolve())
+
+
+def test_the_settled_key_is_the_key_once_the_models_sha_is_recorded(tmp_path: Path) -> None:
+    model = tmp_path / "esm.pt"
+    model.write_bytes(b"weights v1")
+    folder = _folder_with_work(tmp_path, model, {"stage": "esm", "format": 1, "precision": "fp16"})
+    before = read_key(folder)
+    settled = settled_key(folder, model)
+    assert "model_sha256" not in before and len(settled["model_sha256"]) == 64
+    assert read_key(folder) == before  # reading it writes nothing
+    record_model_sha256(folder, model)
+    assert read_key(folder) == settled == settled_key(folder, model)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"weights v2")
+    assert settled_key(folder, other) == settled  # a key naming another file: as it is
 
 
 def test_a_changed_model_or_setting_empties_the_folder(tmp_path: Path) -> None:

@@ -29,7 +29,16 @@ def _tables(out: Path) -> dict[str, bytes]:
 def test_shards_are_scored_beside_the_esm_stage_and_the_outputs_do_not_change(
     sample: Path, demo_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+    real = ShardScorer.score
+    monkeypatch.setattr(ShardScorer, "score", lambda self, shard: (seen.append(torch.get_num_threads()),
+                                                                   real(self, shard))[1])
     beside = run_prediction(cpu_config(sample, tmp_path / "beside", demo_models, shard_frames=6))
+    assert set(seen) == {1} and torch.get_num_threads() == threads  # one thread beside; given back after
+    monkeypatch.setattr(ShardScorer, "score", real)
     n_shards = len(beside.prepared.shards)
     assert n_shards > 2
     dnabert, esm = beside.stages

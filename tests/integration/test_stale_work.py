@@ -81,7 +81,8 @@ def test_each_model_change_recomputes_what_it_invalidates(sample: Path, models, 
     changed = _run(sample, out, new_classifier)
     assert [s.resumed for s in changed.stages] == [True, False]
     assert "ESM-2 features" in caplog.text and "another model" in caplog.text
-    assert changed.classify.shards_skipped == 0
+    n_shards = len(changed.prepared.shards)  # every shard re-scored, beside the re-run ESM-2 stage
+    assert changed.stages[-1].shards_scored == n_shards and changed.classify.shards_skipped == n_shards
 
     # the DNABERT-S weights changed in place: DNABERT-S re-embedded
     for name in ("pytorch_model.bin", "model.safetensors"):
@@ -89,6 +90,7 @@ def test_each_model_change_recomputes_what_it_invalidates(sample: Path, models, 
             shutil.copy(other_models.dnabert / name, models.dnabert / name)
     changed = _run(sample, out, new_classifier)
     assert [s.resumed for s in changed.stages] == [False, True]
+    assert changed.classify.shards_skipped == 0  # ESM-2 had nothing to compute: scored in the classify step
     reference = _run(sample, tmp_path / "fresh-all", new_classifier)
     assert _tables(out) == _tables(tmp_path / "fresh-all")
     assert reference.info.models["esm"].sha256 == changed.info.models["esm"].sha256

@@ -135,8 +135,12 @@ def feature_step(
                  model=model.weights_file)
     scoring = _ScoringBeside(plan, prepared) if stage is FEATURE_STAGES[-1] else None
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
-    report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage),
-                             on_complete=scoring)
+    try:
+        report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage),
+                                 on_complete=scoring)
+    finally:
+        if scoring is not None:
+            scoring.close()
     if scoring is not None:
         report = replace(report, shards_scored=scoring.scored)
     record_model_sha256(folder, model.weights_file)  # hashed beside the stage by the checksums step
@@ -169,10 +173,17 @@ class _ScoringBeside:
         self.prepared = prepared
         self.scorer: ShardScorer | None = None
         self.scored = 0
+        self._threads: int | None = None
 
     def __call__(self, shard: Any) -> None:
         try:
             if self.scorer is None:
+                import torch
+
+                # one CPU thread: a shard's MLP takes milliseconds, and the cores are the
+                # workers' (an H200 run's ESM-2 stage is fed by its worker's host threads)
+                self._threads = torch.get_num_threads()
+                torch.set_num_threads(1)
                 models = {FeatureStage.DNABERT: self.plan.models.dnabert, FeatureStage.ESM: self.plan.models.esm}
                 keys = {stage.value: settled_key(self.prepared.paths.features_dir / stage.value,
                                                  models[stage].weights_file) for stage in FEATURE_STAGES}
@@ -181,6 +192,14 @@ class _ScoringBeside:
             self.scored += 1
         except Exception as exc:  # the classify step meets the same error and reports it
             logger.debug("%s: not scored beside the stage (%s); the classify step will", shard.name, exc)
+
+    def close(self) -> None:
+        """Give torch back its CPU threads (the classify step scores with all of them)."""
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
 
 def _embedding_cache(plan: RunPlan, stage: FeatureStage) -> EmbeddingCache | None:

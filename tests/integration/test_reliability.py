@@ -278,6 +278,9 @@ def _start_and_signal(sample: Path, demo, out: Path, send) -> tuple[int, str, li
     while not list(features.glob("*.npz")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     workers = _children(process.pid)
+    # the run must still be going: a machine too busy to see the first feature file in time
+    # would signal a finished run (exit 0) and test nothing
+    assert process.poll() is None, "the run ended before its first feature file was seen"
     sent = time.monotonic()
     send(process)
     try:
@@ -297,7 +300,9 @@ def _gone(pids: list[int], within: float = 5.0) -> bool:
 
 @pytest.fixture(scope="module")
 def long_sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("long") / "l.fa", 20)
+    # 40 records: ~100 frames in shards of 4, several seconds of work after the first feature
+    # file, so that a busy CI machine still signals a running run
+    return write_sample(golden_tiny_dir / "shared_real.fa", tmp_path_factory.mktemp("long") / "l.fa", 40)
 
 
 def test_sigterm_stops_like_ctrl_c(long_sample: Path, demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -113,12 +113,20 @@ class CheckSections:
         if not self.on_gpu or fp8_device_problem(self.device) is None:  # the CPU runs the arithmetic too
             e8 = build_random_esm2(m.esm_spec, self.device, torch.bfloat16, seed=self.args.seed)
             fp8_options = esm_fast_options(Precision.FP8)
-            for accum in (fp8_options["fp8_fast_accum"], not fp8_options["fp8_fast_accum"]):
-                label = "--precision fp8" if accum == fp8_options["fp8_fast_accum"] else "the other accumulation"
-                candidates.append((f"fp8 (ESM-2's GEMMs in e4m3, row-wise scales, use_fast_accum={accum}: "
-                                   f"{label}; DNABERT-S bf16)", Precision.FP8,
+            from virnucpro.models.fast.fp8 import Fp8Rounding
+
+            rounding = fp8_options["fp8_rounding"]
+            other = next(r for r in Fp8Rounding if r is not rounding)
+            for accum, weights in ((fp8_options["fp8_fast_accum"], rounding),
+                                   (not fp8_options["fp8_fast_accum"], rounding),
+                                   (fp8_options["fp8_fast_accum"], other)):
+                label = ("--precision fp8" if (accum, weights) == (fp8_options["fp8_fast_accum"], rounding)
+                         else "the other accumulation" if weights is rounding else "the other rounding")
+                candidates.append((f"fp8 (ESM-2's GEMMs in e4m3, row-wise scales, use_fast_accum={accum}, "
+                                   f"fp8_rounding={weights.value}: {label}; DNABERT-S bf16)", Precision.FP8,
                                    Esm2Embedder(e8, fast=True, packed=True, compile=self.on_gpu,
-                                                **{**fp8_options, "fp8_fast_accum": accum}),
+                                                **{**fp8_options, "fp8_fast_accum": accum,
+                                                   "fp8_rounding": weights}),
                                    dna_bf16))
         for label, precision, esm_emb, dna_emb in candidates:
             if esm_emb is None or dna_emb is None:

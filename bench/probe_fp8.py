@@ -365,9 +365,13 @@ def fake_quant_weight(w: torch.Tensor, block: bool) -> torch.Tensor:
 
 class FakeFp8Linear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear, act_block: int | None, weight_block: bool,
-                 quant_act: bool = True, quant_weight: bool = True, input_mean: torch.Tensor | None = None) -> None:
+                 quant_act: bool = True, quant_weight: bool = True, input_mean: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> None:
         super().__init__()
-        w = fake_quant_weight(linear.weight.data, weight_block) if quant_weight else linear.weight.data
+        if weight is not None:  # rounded elsewhere (dequantised)
+            w = weight
+        else:
+            w = fake_quant_weight(linear.weight.data, weight_block) if quant_weight else linear.weight.data
         b = linear.bias.data
         if input_mean is not None:  # bias correction: the weights' rounding error at the mean input
             b = b + (linear.weight.data.float() - w) @ input_mean
@@ -394,9 +398,19 @@ def example_proteins(n: int) -> list[str]:
     return [f.protein for f in frames_of(read_genome(ROOT / "examples" / "example.fa.gz"), 500)][:n]
 
 
-def input_means(model: Any, prots: list[str], dev: torch.device) -> dict[tuple[int, str], torch.Tensor]:
+def calibration_proteins(count: int) -> list[str]:
+    """``count`` frames picked as ``--precision fp8``'s calibration set is (``scripts/make_fp8_calibration.py``)."""
+    from scripts.make_fp8_calibration import pick_proteins
+
+    genome = next(g for g in (ROOT.parent / "shared", ROOT / "shared") if g.is_dir()) / "data" / "real" / "Klebs_Kp1084.fna.xz"
+    return pick_proteins(genome, count)[1]
+
+
+def input_means(model: Any, prots: list[str], dev: torch.device,
+                grams: dict[tuple[int, str], torch.Tensor] | None = None) -> dict[tuple[int, str], torch.Tensor]:
     """Each GEMM's mean input row over the residues of ``prots`` (exact fp32 forward, padding left
-    out): ``{(layer, "qkv" | "out" | "fc1" | "fc2"): [K]}``."""
+    out): ``{(layer, "qkv" | "out" | "fc1" | "fc2"): [K]}``; with ``grams``, each input's
+    ``Σ x xᵀ`` is summed into it as well."""
     alphabet = model.alphabet
     sums: dict[tuple[int, str], torch.Tensor] = {}
     count = [0]
@@ -409,6 +423,9 @@ def input_means(model: Any, prots: list[str], dev: torch.device) -> dict[tuple[i
                 x = inputs[0].float()
                 mask = keep[0]
                 sums[key] = sums.get(key, 0) + (x * mask[..., None]).sum(dim=(0, 1))
+                if grams is not None:
+                    rows = x[mask.bool()]
+                    grams[key] = grams.get(key, 0) + rows.T @ rows
             hooks.append(mod.register_forward_hook(hook))
     with torch.no_grad():
         for lo in range(0, len(prots), 32):
@@ -451,6 +468,9 @@ def part_error(args: argparse.Namespace, report: dict, lines: list[str], flush: 
                     out.append(hidden[i, 1 : len(p) + 1].mean(0))
         return torch.stack(out)
 
+    if args.error_set == "rounding":
+        part_error_rounding(args, model, prots, embed, report, lines, flush)
+        return
     # the means come from other proteins than the test set's: random letters, or the bundled example's frames
     means_random = input_means(model, proteins(64, 3), dev)
     means = input_means(model, example_proteins(64), dev)
@@ -545,6 +565,110 @@ def part_error(args: argparse.Namespace, report: dict, lines: list[str], flush: 
     torch.cuda.empty_cache()
 
 
+def _install_weights(model: Any, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] | None,
+                     quant_act: bool = True) -> None:
+    """Each linear replaced by a :class:`FakeFp8Linear` with the given (dequantised weight, bias);
+    None: the model's own linears back."""
+    for i, layer in enumerate(model.layers):
+        a = layer.self_attn
+        names = ("q_proj", "k_proj", "v_proj", "out_proj")
+        mods = [getattr(a, n) for n in names] + [layer.fc1, layer.fc2]
+        mods = [getattr(m, "original", m) for m in mods]
+        if weights is not None:
+            new = []
+            for name, m in zip((*names, "fc1", "fc2"), mods):
+                w, b = weights[(i, name)]
+                fake = FakeFp8Linear(m, None, False, quant_act=quant_act, weight=w)
+                fake.bias = b
+                fake.original = m
+                new.append(fake)
+            mods = new
+        a.q_proj, a.k_proj, a.v_proj, a.out_proj, layer.fc1, layer.fc2 = mods
+
+
+def rounded_weights(model: Any, prots: list[str], dev: torch.device, *, damp: float | None,
+                    ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    """Every linear's weight rounded to e4m3 (row-wise scales) to nearest (``damp`` None) or by
+    GPTQ's rule (:func:`virnucpro.models.fast.fp8_rounding.compensated_rounding`) over the inputs
+    of ``prots``, and its bias corrected at their mean input: ``{(layer, name): (Ŵ, b')}``."""
+    from virnucpro.models.fast.fp8_rounding import compensated_rounding
+
+    grams: dict[tuple[int, str], torch.Tensor] = {}
+    means = input_means(model, prots, dev, grams if damp is not None else None)
+    out = {}
+    for i, layer in enumerate(model.layers):
+        a = layer.self_attn
+        for name, m in (("q_proj", a.q_proj), ("k_proj", a.k_proj), ("v_proj", a.v_proj),
+                        ("out_proj", a.out_proj), ("fc1", layer.fc1), ("fc2", layer.fc2)):
+            group = "qkv" if name in ("q_proj", "k_proj", "v_proj") else name.replace("_proj", "")
+            w = m.weight.data.float()
+            if damp is None:
+                back = fake_quant(w, None)
+            else:
+                q, scale = compensated_rounding(w, grams[(i, group)], damp=damp)
+                back = q.float() * scale
+            out[(i, name)] = (back, m.bias.data.float() + (w - back) @ means[(i, group)])
+        for group in ("qkv", "out", "fc1", "fc2"):
+            grams.pop((i, group), None)
+    return out
+
+
+def part_error_rounding(args: argparse.Namespace, model: Any, prots: list[str], embed: Callable[[], torch.Tensor],
+                        report: dict, lines: list[str], flush: Callable[[], None]) -> None:
+    """``--error-set rounding``: nearest against GPTQ rounding (both bias-corrected), emulated,
+    then the real kernels with each ``fp8_rounding``."""
+    dev = torch.device(args.device)
+    exact = embed()
+    lines.append(f"## FP8 weight rounding, emulated (fp32 ESM-2, {len(prots)} test proteins; cosine of the mean "
+                 "embedding against exact fp32; bias corrected at the calibration mean in every row)\n")
+    lines.append("| variant | calibration proteins | load s | cosine min | median | mean 1-cos |\n|---|---:|---:|---:|---:|---:|")
+    report.setdefault("rounding", {})
+
+    def record(name: str, calib: int, seconds: float, got: torch.Tensor) -> None:
+        cos = F.cosine_similarity(got, exact, dim=-1)
+        report["rounding"][f"{name} ({calib})"] = {"min": float(cos.min()), "median": float(cos.median()),
+                                                   "seconds": seconds}
+        lines.append(f"| {name} | {calib} | {seconds:.1f} | {float(cos.min()):.6f} | {float(cos.median()):.6f} | "
+                     f"{float((1 - cos).mean()):.2e} |")
+        flush()
+
+    for name, calib, damp, quant_act in (("nearest (as --precision fp8 was)", 64, None, True),
+                                         ("GPTQ, damp 0.01", 64, 0.01, True),
+                                         ("GPTQ, damp 0.01", 256, 0.01, True),
+                                         ("GPTQ, damp 0.1", 256, 0.1, True),
+                                         ("GPTQ, damp 0.01, activations exact", 256, 0.01, False)):
+        torch.cuda.synchronize() if dev.type == "cuda" else None
+        start = time.perf_counter()
+        weights = rounded_weights(model, calibration_proteins(calib), dev, damp=damp)
+        torch.cuda.synchronize() if dev.type == "cuda" else None
+        seconds = time.perf_counter() - start
+        _install_weights(model, weights, quant_act=quant_act)
+        record(name, calib, seconds, embed())
+        _install_weights(model, None)
+        del weights
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
+    if dev.type != "cuda":
+        return
+    from virnucpro.config import Precision
+    from virnucpro.models.embedders import Esm2Embedder, esm_fast_options
+    from virnucpro.models.fast.fp8 import Fp8Rounding
+    from virnucpro.models.reference.esm2 import build_random_esm2
+
+    spec = model_spec(args)
+    bf16 = build_random_esm2(spec, dev, torch.bfloat16, seed=0).eval()
+    for rounding in Fp8Rounding:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        embedder = Esm2Embedder(bf16, fast=True, **{**esm_fast_options(Precision.FP8), "fp8_rounding": rounding})
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        record(f"real `--precision fp8` kernels, fp8_rounding={rounding.value}", 64, seconds,
+               embedder.embed(prots).to(dev))
+        del embedder
+        torch.cuda.empty_cache()
+    lines.append("")
+
+
 def model_spec(args: argparse.Namespace) -> Any:
     """ESM-2 3B, or with ``--small`` a 4-layer, 256-wide model of its architecture (a CPU smoke run)."""
     from virnucpro.models.reference.esm2 import ESM2_T36_3B_UR50D, Esm2Spec
@@ -562,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="bf16,fp8,fp16",
                    help="the kernels part's precisions (fp16 last)")
     p.add_argument("--small", action="store_true", help="a 4-layer 256-wide model (smoke runs)")
+    p.add_argument("--error-set", choices=("ways", "rounding"), default="ways",
+                   help="the error part's variants: the ways to quantise (L3), or nearest against GPTQ rounding")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")

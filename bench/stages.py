@@ -110,7 +110,10 @@ class StageSections:
         if problem or m.esm.layers[0].fc1.weight.dtype != torch.bfloat16:
             self.row("esm", name=f"ESM-2 stage alone: FP8 [skipped: {problem or 'weights not bf16'}]")
             return
+        started = time.perf_counter()
         embedder = Esm2Embedder(m.esm, fast=True, **esm_fast_options(Precision.FP8))
+        sync(self.device)
+        calibrate_s = time.perf_counter() - started  # quantising the weights, with their calibration
         started = time.perf_counter()
         embedder.warmup(self.warmup_tokens(m.esm_spec.embed_dim))
         sync(self.device)
@@ -118,11 +121,12 @@ class StageSections:
         settle_heap()
         run_embedder(embedder, proteins[:64], self.esm_budget, self.args.shard_frames)
         _, stats = run_embedder(embedder, proteins, self.esm_budget, self.args.shard_frames)
-        accum = embedder.runner.fp8_fast_accum
-        row = rate_row(f"ESM-2 stage alone: FP8 (e4m3 GEMMs, row-wise scales, use_fast_accum={accum}: "
-                       "--precision fp8), compiled; the pipeline sample",
+        accum, rounding = embedder.runner.fp8_fast_accum, embedder.runner.fp8_rounding.value
+        row = rate_row(f"ESM-2 stage alone: FP8 (e4m3 GEMMs, row-wise scales, use_fast_accum={accum}, "
+                       f"fp8_rounding={rounding}: --precision fp8), compiled; the pipeline sample",
                        stats, esm_flops(stats["lengths"], m.esm_spec.num_layers, m.esm_spec.embed_dim),
-                       self.peak_tflops, {"compile_s": round(compile_s, 1), **packing_info(embedder)})
+                       self.peak_tflops, {"compile_s": round(compile_s, 1), "quantise_s": round(calibrate_s, 2),
+                                          **packing_info(embedder)})
         row["vs_bf16_stage"] = row["tokens_per_s"] / bf16_row["tokens_per_s"]
         self.row("esm", **row)
         self.say(f"ESM-2 FP8: {row['tokens_per_s']:.0f} tokens/s = {row['vs_bf16_stage']:.2f}x bf16")

@@ -25,23 +25,33 @@ OUT = ROOT / "virnucpro" / "data" / "fp8_calibration_proteins.txt"
 COUNT = 64
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--genome", type=Path, default=ROOT.parent / "shared" / "data" / "real" / "Klebs_Kp1084.fna.xz")
-    args = p.parse_args()
-    records = read_genome(args.genome)
+GENOME = ROOT.parent / "shared" / "data" / "real" / "Klebs_Kp1084.fna.xz"
+
+
+def pick_proteins(genome: Path, count: int) -> tuple[str, list[str]]:
+    """``count`` distinct kept frames (>= 100 residues) of 500-bp chunks spread evenly over the
+    genome's longest record: (that record's name, the proteins)."""
+    records = read_genome(genome)
     chromosome = max(records, key=lambda r: len(r[1]))
-    step = len(chromosome[1]) // (COUNT * 4)
-    pieces = [(f"{chromosome[0]}_{i * step}", chromosome[1][i * step : i * step + 500]) for i in range(COUNT * 4)
+    step = len(chromosome[1]) // (count * 4)
+    pieces = [(f"{chromosome[0]}_{i * step}", chromosome[1][i * step : i * step + 500]) for i in range(count * 4)
               if i * step + 500 <= len(chromosome[1])]
     proteins: list[str] = []
     for frame in frames_of(pieces, 500):
-        if len(frame.protein) >= 100 and len(proteins) < COUNT and all(frame.protein != p for p in proteins):
+        if len(frame.protein) >= 100 and len(proteins) < count and all(frame.protein != p for p in proteins):
             proteins.append(frame.protein)
+    return chromosome[0], proteins
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--genome", type=Path, default=GENOME)
+    args = p.parse_args()
+    name, proteins = pick_proteins(args.genome, COUNT)
     if len(proteins) < COUNT:
         raise SystemExit(f"{args.genome}: only {len(proteins)} usable frames, {COUNT} needed")
     header = (f"# --precision fp8 calibration: {COUNT} kept frames (500-bp chunks, >= 100 residues) spread over\n"
-              f"# {chromosome[0]} of {args.genome.name} (Klebsiella pneumoniae Kp1084); "
+              f"# {name} of {args.genome.name} (Klebsiella pneumoniae Kp1084); "
               "made by scripts/make_fp8_calibration.py\n")
     OUT.write_text(header + "\n".join(proteins) + "\n")
     print(f"wrote {OUT} ({len(proteins)} proteins)")

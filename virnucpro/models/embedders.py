@@ -42,7 +42,7 @@ from virnucpro.errors import ModelLoadError
 from virnucpro.models.fast.compiled import compile_default
 from virnucpro.models.fast.dnabert import FastDnabert
 from virnucpro.models.fast.esm2 import FastEsm2
-from virnucpro.models.fast.fp8 import FAST_ACCUM, fp8_device_problem
+from virnucpro.models.fast.fp8 import FAST_ACCUM, ROUNDING, Fp8Rounding, fp8_device_problem
 from virnucpro.models.fast.packing import PackedBatch, pack_rows
 from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
 from virnucpro.models.reference.dnabert import DnabertS, load_dnabert
@@ -363,6 +363,7 @@ class Esm2Embedder(_Embedder[FastEsm2]):
         fused_gelu: bool = False,
         fp8: bool = False,
         fp8_fast_accum: bool = False,
+        fp8_rounding: Fp8Rounding = Fp8Rounding.NEAREST,
     ) -> None:
         self.model = model
         self.alphabet = model.alphabet
@@ -376,7 +377,7 @@ class Esm2Embedder(_Embedder[FastEsm2]):
                 compile = compile_default(self.device, self.dtype)
             self.runner = FastEsm2(
                 model, compile=compile, residual_dtype=residual_dtype, max_length=max_residues + 2,
-                fused_gelu=fused_gelu, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
+                fused_gelu=fused_gelu, fp8=fp8, fp8_fast_accum=fp8_fast_accum, fp8_rounding=fp8_rounding,
             )  # fmt: skip
         elif fp8:
             raise ValueError("fp8 runs on the fast path only (CUDA)")
@@ -506,7 +507,8 @@ def esm_fast_options(precision: Precision) -> dict[str, object]:
     if precision is Precision.BF16:
         return {"residual_dtype": torch.bfloat16, "fused_gelu": True}
     if precision is Precision.FP8:
-        return {"residual_dtype": torch.bfloat16, "fp8": True, "fp8_fast_accum": FAST_ACCUM}
+        return {"residual_dtype": torch.bfloat16, "fp8": True, "fp8_fast_accum": FAST_ACCUM,
+                "fp8_rounding": ROUNDING}
     if precision is Precision.FP16:
         return {"fused_gelu": True}
     return {}

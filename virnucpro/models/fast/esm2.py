@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from virnucpro.models.fast.compiled import CompiledFunction, use_flash_and_efficient_attention
 from virnucpro.models.fast.fp8 import (
+    Fp8Rounding,
     Fp8Weight,
     calibration_proteins,
     fp8_linear,
@@ -38,6 +39,7 @@ from virnucpro.models.fast.fp8 import (
     quantize_rows,
     quantize_weight,
 )
+from virnucpro.models.fast.fp8_rounding import gram
 from virnucpro.models.fast.packing import PackedBatch, pack_rows, pool_packed, varlen_attention
 from virnucpro.models.kernels.add_norm import add_layer_norm, add_layer_norm_fp8
 from virnucpro.models.kernels.fp8_quantize import quantize_rows_fused, triton_quantize_available
@@ -177,6 +179,7 @@ class FastEsm2:
         fused_gelu: bool = False,
         fp8: bool = False,
         fp8_fast_accum: bool = False,
+        fp8_rounding: Fp8Rounding = Fp8Rounding.NEAREST,
     ) -> None:
         self.encoder = encoder
         self.spec = encoder.spec
@@ -220,14 +223,10 @@ class FastEsm2:
                                               backend=backend, dynamic_dims={0: (0,)})
         # per layer: q/k/v, out-proj, fc1, fc2 in e4m3, quantised once, here, each bias corrected
         # for its weight's rounding error at the GEMM's mean input over the calibration proteins
+        self.fp8_rounding = fp8_rounding
         self.fp8_weights: list[tuple[Fp8Weight, ...]] = []
         if fp8:
-            means = self.gemm_input_means(calibration_proteins())
-            self.fp8_weights = [
-                tuple(quantize_weight(args[i], args[i + 1], input_mean=means[layer][gemm])
-                      for gemm, i in enumerate((2, 4, 8, 10)))
-                for layer, args in enumerate(self.layer_args)
-            ]
+            self.fp8_weights = self.calibrated_fp8_weights(calibration_proteins(), fp8_rounding)
 
     @property
     def compiled_functions(self) -> list[CompiledFunction]:
@@ -365,21 +364,47 @@ class FastEsm2:
                                   torch.float32 if last else self.dtype)
         return h
 
-    def gemm_input_means(self, proteins: Sequence[str]) -> list[list[torch.Tensor]]:
-        """Each GEMM's mean input row over every token of ``proteins`` (one packed batch, the
-        weights' dtype, exact GELU, sums in fp32): ``[layer][gemm]`` -> ``[K]`` fp32 (gemm 0-3:
-        q/k/v, out-proj, fc1, fc2). FP8's bias correction is computed from these."""
+    def calibration_forward(self, proteins: Sequence[str],
+                            observe: Callable[[int, int, torch.Tensor], None]) -> int:
+        """One packed forward over ``proteins`` in the weights' dtype (exact GELU), with
+        ``observe(layer, gemm, input)`` called at each GEMM's input (gemm 0-3: q/k/v, out-proj,
+        fc1, fc2; ``[tokens, K]``); returns the number of tokens."""
         rows = [self.alphabet.encode(p[: self.max_length - 2]) for p in proteins]
         batch = pack_rows(rows, self.device)
+        with torch.no_grad():
+            x, h, cos, sin, norms = self._packed_start(batch)
+            self._layers(x, h.to(self.dtype), cos, sin, batch, norms, esm_ffn_up, observe)
+        return batch.n_tokens
+
+    def gemm_input_means(self, proteins: Sequence[str]) -> list[list[torch.Tensor]]:
+        """Each GEMM's mean input row over every token of ``proteins`` (sums in fp32):
+        ``[layer][gemm]`` -> ``[K]`` fp32, from :meth:`calibration_forward`."""
         sums = [[torch.zeros(0)] * 4 for _ in self.layer_args]
 
         def observe(layer: int, gemm: int, value: torch.Tensor) -> None:
             sums[layer][gemm] = value.float().sum(dim=0)
 
-        with torch.no_grad():
-            x, h, cos, sin, norms = self._packed_start(batch)
-            self._layers(x, h.to(self.dtype), cos, sin, batch, norms, esm_ffn_up, observe)
-        return [[total / batch.n_tokens for total in layer] for layer in sums]
+        tokens = self.calibration_forward(proteins, observe)
+        return [[total / tokens for total in layer] for layer in sums]
+
+    def calibrated_fp8_weights(self, proteins: Sequence[str],
+                               rounding: Fp8Rounding) -> list[tuple[Fp8Weight, ...]]:
+        """Every layer's four weights in e4m3 (q/k/v, out-proj, fc1, fc2), calibrated on
+        :meth:`calibration_forward` over ``proteins``: each bias corrected at its GEMM's mean
+        input, and with ``COMPENSATED`` rounding the values rounded by GPTQ's rule over the Gram
+        matrix of those inputs (fp32 sums). Each weight is quantised as the forward reaches its GEMM,
+        so one Gram matrix is held at a time."""
+        found: list[list[Fp8Weight]] = [[] for _ in self.layer_args]
+        weight_at = (2, 4, 8, 10)  # the weights' places in layer_args
+
+        def observe(layer: int, gemm: int, value: torch.Tensor) -> None:
+            mean = value.float().sum(dim=0) / value.shape[0]
+            inputs = gram(value) if rounding is Fp8Rounding.COMPENSATED else None
+            args, at = self.layer_args[layer], weight_at[gemm]
+            found[layer].append(quantize_weight(args[at], args[at + 1], input_mean=mean, gram=inputs))
+
+        self.calibration_forward(proteins, observe)
+        return [tuple(layer) for layer in found]
 
     def _forward_packed_fp8(self, x: torch.Tensor, h: tuple[torch.Tensor, torch.Tensor], cos: torch.Tensor,
                             sin: torch.Tensor, batch: PackedBatch,

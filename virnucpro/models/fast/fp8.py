@@ -20,6 +20,12 @@ are most of that. In FP8 an H200 runs that GEMM mix at 1.66-1.77 × bf16's rate 
   of FP8's error. Each bias absorbs that error at the GEMM's mean input ``μ``: ``b' = b + E·μ``,
   ``μ`` from one bf16 forward over :func:`calibration_proteins` (64 real proteins, fixed, so the
   quantised model is the same on every run). No cost per token.
+- **compensated rounding** (:data:`ROUNDING`): the bias correction leaves a protein whose mean
+  input lies away from ``μ`` with ``E·(x̄ - μ)``; the worst frames stayed at cosine 0.9988
+  against fp32. The same forward's inputs give each GEMM's Gram matrix, and GPTQ's rule rounds
+  the weight's values so that ``E·x`` stays small for inputs like them
+  (:mod:`~virnucpro.models.fast.fp8_rounding`): same scales, same GEMMs, no cost per token; the
+  worst frame measured 0.99968 (run N1, ``docs/benchmarks.md``), and the load takes seconds more.
 
 Attention, layer norms, rotary and the residual stream are those of the bf16 path; only the four
 linear layers change. Agreement with fp32 is measured like the other precisions (benchmark rows
@@ -33,18 +39,22 @@ by :func:`fp8_device_problem` before a model is loaded. The arithmetic also runs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import cache
 from importlib import resources
 
 import torch
 
+from virnucpro.models.fast.fp8_rounding import compensated_rounding
 from virnucpro.models.kernels.fp8_quantize import quantize_rows_reference
 from virnucpro.models.kernels.fp8_rows import E4M3, E4M3_MAX, quantize_rows, row_scale
 
 __all__ = [
     "E4M3_MAX",
     "FP8_MIN_CAPABILITY",
+    "Fp8Rounding",
     "Fp8Weight",
+    "ROUNDING",
     "quantize_weight",
     "calibration_proteins",
     "quantize_rows",
@@ -63,6 +73,20 @@ same agreement with fp32 (512 frames: cosine min 0.998032 / median 0.999515 agai
 0.999518; labels 100% both): the weights' rounding, not the sums, sets FP8's error."""
 
 
+class Fp8Rounding(Enum):
+    """How a weight's values are rounded to e4m3 at load (both with row-wise scales and the bias
+    correction): each to ``NEAREST``, or ``COMPENSATED`` (GPTQ's rule over the calibration
+    proteins' inputs, :mod:`~virnucpro.models.fast.fp8_rounding`)."""
+
+    NEAREST = "nearest"
+    COMPENSATED = "compensated"
+
+
+ROUNDING = Fp8Rounding.COMPENSATED
+"""What ``--precision fp8`` rounds its weights with (a runner setting, ``fp8_rounding``; the
+benchmark's agreement rows measure both)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fp8Weight:
     """One linear layer in FP8: ``q_t`` is the e4m3 weight transposed (``[in, out]``,
@@ -78,13 +102,18 @@ class Fp8Weight:
 
 
 def quantize_weight(weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                    input_mean: torch.Tensor | None = None) -> Fp8Weight:
-    """Row-wise e4m3 quantisation of a ``[out, in]`` weight (done once, at load). With
-    ``input_mean`` (``[in]``, the layer's mean input row) the bias absorbs the weight's rounding
-    error at that input, ``b + (W - Ŵ)·μ`` in fp32 (a missing bias becomes that correction)."""
+                    input_mean: torch.Tensor | None = None, gram: torch.Tensor | None = None) -> Fp8Weight:
+    """Row-wise e4m3 quantisation of a ``[out, in]`` weight (done once, at load): each value
+    rounded to nearest, or with ``gram`` (``[in, in]``, the calibration inputs' ``Σ x xᵀ``) by
+    :func:`~virnucpro.models.fast.fp8_rounding.compensated_rounding`. With ``input_mean``
+    (``[in]``, the layer's mean input row) the bias absorbs the weight's rounding error at that
+    input, ``b + (W - Ŵ)·μ`` in fp32 (a missing bias becomes that correction)."""
     with torch.no_grad():
-        scale = row_scale(weight)  # [out, 1]
-        q = (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+        if gram is None:
+            scale = row_scale(weight)  # [out, 1]
+            q = (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+        else:
+            q, scale = compensated_rounding(weight, gram)
         corrected = None if bias is None else bias.float()
         if input_mean is not None:
             error = weight.float() - q.float() * scale

@@ -240,3 +240,23 @@ def test_bias_correction_brings_fp8_esm_closer_to_fp32(esm_bf16) -> None:  # typ
     plain = embedder.embed(proteins)
     gap = lambda got: float((1 - F.cosine_similarity(got.double(), reference.double())).mean())  # noqa: E731
     assert gap(corrected) < 0.5 * gap(plain), (gap(corrected), gap(plain))
+
+
+def test_compensated_rounding_brings_fp8_esm_closer_to_fp32_on_new_proteins(esm_bf16) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.models.fast.fp8 import ROUNDING, Fp8Rounding
+
+    _, bf16, fp32 = esm_bf16
+    g = torch.Generator().manual_seed(1)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    proteins = ["".join(letters[int(i)] for i in torch.randint(0, 20, (int(n),), generator=g))
+                for n in torch.randint(80, 200, (12,), generator=g)]  # not the calibration proteins
+    reference = Esm2Embedder(fp32, fast=False).embed(proteins)
+    options = esm_fast_options(Precision.FP8)
+    assert options["fp8_rounding"] is ROUNDING is Fp8Rounding.COMPENSATED  # what --precision fp8 runs
+    gaps = {}
+    for rounding in Fp8Rounding:
+        embedder = Esm2Embedder(bf16, fast=True, compile=False, packed=True, **{**options, "fp8_rounding": rounding})
+        assert embedder.runner is not None and embedder.runner.fp8_rounding is rounding
+        got = embedder.embed(proteins)
+        gaps[rounding] = float((1 - F.cosine_similarity(got.double(), reference.double())).mean())
+    assert gaps[Fp8Rounding.COMPENSATED] < 0.7 * gaps[Fp8Rounding.NEAREST], gaps

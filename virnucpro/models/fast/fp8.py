@@ -25,7 +25,8 @@ are most of that. In FP8 an H200 runs that GEMM mix at 1.66-1.77 × bf16's rate 
   against fp32. The same forward's inputs give each GEMM's Gram matrix, and GPTQ's rule rounds
   the weight's values so that ``E·x`` stays small for inputs like them
   (:mod:`~virnucpro.models.fast.fp8_rounding`): same scales, same GEMMs, no cost per token; the
-  worst frame measured 0.99968 (run N1, ``docs/benchmarks.md``), and the load takes seconds more.
+  worst of 512 frames measured 0.99952 against 0.99803 (run N2, ``docs/benchmarks.md``); the load
+  takes ~6 s more on an H200.
 
 Attention, layer norms, rotary and the residual stream are those of the bf16 path; only the four
 linear layers change. Agreement with fp32 is measured like the other precisions (benchmark rows

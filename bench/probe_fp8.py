@@ -669,6 +669,49 @@ def part_error_rounding(args: argparse.Namespace, model: Any, prots: list[str], 
     lines.append("")
 
 
+def part_calibration(args: argparse.Namespace, report: dict, lines: list[str]) -> None:
+    """``calibration``: what FP8's quantisation at load costs, whole and by step (one GEMM of each
+    shape: the Gram matrix, the factor of its damped inverse, the rounding blocks)."""
+    from virnucpro.models.fast import fp8_rounding
+    from virnucpro.models.fast.esm2 import FastEsm2
+    from virnucpro.models.fast.fp8 import Fp8Rounding, calibration_proteins as packaged
+    from virnucpro.models.reference.esm2 import build_random_esm2
+
+    dev = torch.device(args.device)
+    model = build_random_esm2(model_spec(args), dev, torch.bfloat16, seed=0).eval()
+    runner = FastEsm2(model, residual_dtype=torch.bfloat16)
+    lines.append("## FP8 quantisation at load\n\n| what | seconds |\n|---|---:|")
+    out = report.setdefault("calibration", {})
+
+    def clock(name: str, fn: Callable[[], Any], repeat: int = 1) -> Any:
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        result = fn()  # once to warm up
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            result = fn()
+        sync()
+        out[name] = (time.perf_counter() - start) / repeat
+        lines.append(f"| {name} | {out[name]:.3f} |")
+        return result
+
+    for rounding in Fp8Rounding:
+        clock(f"all weights, fp8_rounding={rounding.value}", lambda: runner.calibrated_fp8_weights(packaged(), rounding))
+    inputs: dict[int, torch.Tensor] = {}
+    middle = len(runner.layer_args) // 2
+    runner.calibration_forward(packaged(), lambda layer, gemm, x: inputs.setdefault(gemm, x.clone())
+                               if layer == middle else None)
+    for gemm, at in enumerate((2, 4, 8, 10)):
+        x, weight = inputs[gemm], runner.layer_args[middle][at]
+        name = f"layer {middle} GEMM {gemm} {tuple(weight.shape)}"
+        g = clock(f"{name}: Gram matrix", lambda: fp8_rounding.gram(x), 3)
+        clock(f"{name}: factor of the damped inverse", lambda: fp8_rounding._inverse_factor(g, 0.01), 3)
+        clock(f"{name}: the whole rounding", lambda: fp8_rounding.compensated_rounding(weight, g), 3)
+    lines.append("")
+    del runner, model
+    torch.cuda.empty_cache()
+
+
 def model_spec(args: argparse.Namespace) -> Any:
     """ESM-2 3B, or with ``--small`` a 4-layer, 256-wide model of its architecture (a CPU smoke run)."""
     from virnucpro.models.reference.esm2 import ESM2_T36_3B_UR50D, Esm2Spec
@@ -715,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemms": lambda: part_gemms(args, report, lines),
         "kernels": kernels,
         "error": lambda: part_error(args, report, lines, flush),
+        "calibration": lambda: part_calibration(args, report, lines),
     }
     unknown = sorted(set(parts) - set(steps))
     if unknown:

@@ -126,13 +126,14 @@ def _inverse_factor(gram: torch.Tensor, damp: float) -> torch.Tensor | None:
     h = gram.to(torch.float32, copy=True)
     diagonal = h.diagonal()
     diagonal[diagonal <= 0] = 1.0  # an input that is always 0: its weights do not matter
-    mean = float(diagonal.mean())
+    mean = diagonal.mean()
+    added = torch.zeros((), device=h.device)
     for lam in (damp, damp * 10):
-        damped = h + lam * mean * torch.eye(h.shape[0], device=h.device)
-        lower, info = torch.linalg.cholesky_ex(damped)
+        diagonal += lam * mean - added  # in place: no identity matrix of the input's width
+        added = lam * mean
+        lower, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
             if int(info) == 0:
                 return upper
     return None

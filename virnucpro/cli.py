@@ -298,11 +298,19 @@ def validate_precision_cmd(input_fasta: Path, chunk_length: str, dnabert_model: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point (SIGTERM stops a run like Ctrl-C; exit code 143)."""
+    """Console entry point (SIGTERM stops a run like Ctrl-C; exit code 143). A command that ends
+    normally ends the process at once after the exit handlers (:mod:`virnucpro.process_exit`);
+    an error or an interrupt leaves through the interpreter's usual exit."""
     from virnucpro.pipeline.termination import sigterm_stops
+    from virnucpro.process_exit import exit_now
 
     with sigterm_stops():
-        cli(args=argv, prog_name="virnucpro", obj={})
+        try:
+            cli(args=argv, prog_name="virnucpro", obj={})
+        except SystemExit as exc:
+            if exc.code not in (0, None):
+                raise
+    exit_now(0)
 
 
 if __name__ == "__main__":

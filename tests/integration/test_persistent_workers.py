@@ -20,6 +20,7 @@ from tests.integration.pipeline_helpers import (
     copy_features,
     cpu_config,
     feature_matrix,
+    captured_logs,
     invoke_cli,
     proc_alive,
 )
@@ -54,10 +55,33 @@ def standard_run(cli_standard_run: CliRun) -> dict:
 
 
 @pytest.fixture(scope="module")
-def persistent_run(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """``run_prediction(persistent_models=True)`` on the same input and shards."""
+def persistent_logged(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``run_prediction(persistent_models=True)`` on the same input and shards, and its log lines."""
     out = tmp_path_factory.mktemp("persistent")
-    return run_prediction(cpu_config(sample, out, demo_models, shard_frames=SHARD_FRAMES), persistent_models=True)
+    with captured_logs() as lines:
+        result = run_prediction(cpu_config(sample, out, demo_models, shard_frames=SHARD_FRAMES),
+                                persistent_models=True)
+    return result, lines
+
+
+@pytest.fixture(scope="module")
+def persistent_run(persistent_logged):  # type: ignore[no-untyped-def]
+    return persistent_logged[0]
+
+
+def test_a_run_that_owns_its_pool_ends_the_workers_beside_classify_and_report(persistent_logged) -> None:  # type: ignore[no-untyped-def]
+    """The workers are stopped after the last feature stage, while classify and report run, and
+    before the end checkpoint (which so sees the GPU without them in every run)."""
+    _, lines = persistent_logged
+
+    def first(text: str) -> int:
+        found = [i for i, line in enumerate(lines) if text in line]
+        assert found, f"no log line with {text!r}"
+        return found[0]
+
+    stopped = first("stopped 1 worker(s)")
+    assert first("memory checkpoint after-esm") < stopped < first("memory checkpoint end")
+    assert sum("stopped 1 worker(s)" in line for line in lines) == 1
 
 
 def _pool(demo_models, tmp_path: Path, devices=None) -> tuple[PersistentWorkerPool, object]:  # type: ignore[no-untyped-def]

@@ -64,6 +64,7 @@ class PoolLease:
         self._pool: PersistentWorkerPool | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._closing: threading.Thread | None = None  # close_beside's thread, joined by close
         self.pools_opened = 0
         self._workers: list[WorkerInfo] = []  # every worker this lease's pools had, for reports
 
@@ -143,17 +144,43 @@ class PoolLease:
         if not self.persistent:
             handle.pool.close()
 
+    def close_beside(self) -> None:
+        """The holder asks for no more stages: start closing the owned pool now, in a thread, so
+        its workers end beside the holder's CPU steps (classify, report); :meth:`close` waits for
+        it. Only the one who made the lease may call this (a run that holds its own lease, not a
+        flow run's or a night's, which lend their pool to later samples). A lent or per-stage
+        lease has nothing to close; a second call does nothing."""
+        if self._owner is not None or not self.persistent:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            self._closing = threading.Thread(target=self._close_pool, args=(pool,), name="pool-close",
+                                             daemon=True)
+            self._closing.start()
+
     def close(self) -> None:
-        """Close the pool this lease owns (a lent lease closes nothing). Safe to call twice."""
+        """Close the pool this lease owns (a lent lease closes nothing), or wait for the closing
+        :meth:`close_beside` began. Safe to call twice."""
         if self._owner is not None:
             return
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            closing, self._closing = self._closing, None
         if pool is not None:
-            started = time.perf_counter()
-            pool.close()
-            logger.info("stopped %d worker(s) in %.1f s", len(pool.workers), time.perf_counter() - started)
+            self._close_pool(pool)
+        if closing is not None:
+            closing.join()
+
+    @staticmethod
+    def _close_pool(pool: PersistentWorkerPool) -> None:
+        started = time.perf_counter()
+        pool.close()
+        logger.info("stopped %d worker(s) in %.1f s", len(pool.workers), time.perf_counter() - started)
 
     def __enter__(self) -> "PoolLease":
         return self

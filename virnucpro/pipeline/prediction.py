@@ -68,9 +68,9 @@ def run_prediction(
         # before any work that can fail (model resolution too): a failed run leaves no old results
         clear_earlier_outputs(OutputPaths.for_dir(config.output_dir))
         if lease is not None:
-            return _run(config, lease, caller, on_progress)
+            return _run(config, lease, caller, on_progress, owns_lease=False)
         with PoolLease.for_run(persistent_models or config.persistent_models) as own:
-            return _run(config, own, caller, on_progress)
+            return _run(config, own, caller, on_progress, owns_lease=True)
 
 
 def _run(
@@ -78,7 +78,11 @@ def _run(
     lease: PoolLease,
     call: StepCaller,
     on_progress: Callable[[Progress], None] | None,
+    *,
+    owns_lease: bool,
 ) -> PredictionResult:
+    """``owns_lease``: the lease is this run's own, so its workers end beside classify and report
+    (a caller's lease may serve its later samples and is left as it is)."""
     started = time.perf_counter()
     checkpoints = [call.run(CHECKPOINT, "start", None)]
     plan = call.run(PLAN, config, lease.persistent)
@@ -96,10 +100,14 @@ def _run(
         reports.append(report)
         timings[stage.value] = report.seconds
         checkpoints.append(call.run(CHECKPOINT, f"after-{stage.value}", report.worker_peak_mib))
+    if owns_lease:
+        lease.close_beside()
     classified = call.run(CLASSIFY, prepared, plan.models.classifier.path)
     timings["classify"] = classified.seconds
     reported = call.run(REPORT, prepared, plan.calling)
     timings["report"] = reported.seconds
+    if owns_lease:
+        lease.close()  # the end checkpoint sees the GPU after the workers, in every run alike
     checkpoints.append(call.run(CHECKPOINT, "end", None))
     timings["total"] = time.perf_counter() - started
     return call.run(FINALIZE, plan, prepared, tuple(reports), classified, reported, tuple(checkpoints),

@@ -82,3 +82,27 @@ def test_other_settings_restart_the_resident_pool(plan, tmp_path: Path) -> None:
         with lease.stage_pool(list(plan.devices), other, FeatureStage.ESM) as second:
             assert second.pool is not first.pool and second.pool.spec.toks_per_batch == 1234
         assert not first.pool.is_running and lease.pools_opened == 2
+
+
+def test_close_beside_ends_the_workers_in_a_thread_and_close_waits(plan) -> None:  # type: ignore[no-untyped-def]
+    lease = PoolLease.owned()
+    _use(lease, plan, FeatureStage.DNABERT)
+    resident = lease.pool
+    assert resident is not None
+    lease.close_beside()
+    assert lease.pool is None  # no later stage can get it
+    with pytest.raises(RuntimeError, match="lease was closed"):
+        _use(lease, plan, FeatureStage.ESM)
+    closing = lease._closing
+    assert closing is not None and closing.name == "pool-close"
+    lease.close_beside()  # a second call does nothing
+    assert lease._closing is closing
+    lease.close()
+    assert not closing.is_alive() and not resident.is_running and lease._closing is None
+    # a lent lease and a per-stage one have nothing to close
+    with PoolLease.owned() as night:
+        night.start(list(plan.devices), plan.spec)
+        lent = night.lend()
+        lent.close_beside()
+        assert night.pool is not None and night.pool.is_running
+    PoolLease.per_stage().close_beside()

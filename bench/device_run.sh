@@ -2,7 +2,7 @@
 # One call on a GPU machine: the GPU tests, then the benchmark; logs and tables under $OUT.
 #
 #   bash bench/device_run.sh            # OUT set by the caller; TEST_S / BENCH_S cap each part
-#   GPU_TESTS=... SECTIONS=... PARTS=... PROFILE_START=1 PYSPY=1 bash bench/device_run.sh   # a part of it
+#   GPU_TESTS=... SECTIONS=... PARTS=... PROCESS_RUNS=3 PROFILE_START=1 PYSPY=1 bash bench/device_run.sh   # a part of it
 #
 # The GPU host has torch, triton, pytest, numpy, tokenizers, safetensors, click and nvidia-ml-py;
 # the rest travels as wheels in .whl/ (offline hosts; the device README's --platform list):
@@ -36,7 +36,7 @@ if [ "${PYSPY:-0}" = 1 ]; then
 fi
 timeout "${BENCH_S:-330}" "${SPY[@]}" python3 bench/run_bench.py --out "$OUT/bench" --work /tmp/vbench --n-chunks 20000 \
   --esm-frames 4000 --sections "${SECTIONS:-env,peak,sample,models,esm_alone,precision,pipeline,fast_default}" \
-  --fast-default-parts "${PARTS:-auto,duplicates,cache,process,pool_start}" \
+  --fast-default-parts "${PARTS:-auto,duplicates,cache,process,pool_start}" --process-runs "${PROCESS_RUNS:-1}" \
   --time-limit "$(( ${BENCH_S:-330} - 20 ))" 2>&1 | tee "$OUT/bench.log" | tail -20
 # where one worker's start goes (PROFILE_START=1; the models the benchmark wrote)
 if [ "${PROFILE_START:-0}" = 1 ] && [ -d /tmp/vbench/models ]; then

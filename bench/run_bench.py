@@ -419,6 +419,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--toks-per-batch", type=int, default=None)
     p.add_argument("--fast-default-parts", default=",".join(FAST_DEFAULT_PARTS),
                    help="parts of the fast_default section, comma-separated [default: all: %(default)s]")
+    p.add_argument("--process-runs", type=int, default=1,
+                   help="runs of the whole `virnucpro predict` process (fast_default's process part; median)")
     p.add_argument("--quick-baseline", action="store_true",
                    help="baseline on small subsets (rates extrapolated, labelled)")
     p.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke runs, tests)")

@@ -75,6 +75,7 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
         "--n-samples", "1", "--precision-frames", "12", "--baseline-frames", "8", "--esm-frames", "40",
         "--dnabert-repeat", "1", "--variant-divisor", "4", "--quick-baseline", "--time-limit", "600",
         "--golden-dir", str(tmp_path / "no-golden"), "--batch-samples", "2", "--batch-chunks", "10",
+        "--process-runs", "2",
     ])
     result = json.loads((out / "bench.json").read_text())
     sections = result["sections"]
@@ -97,6 +98,9 @@ def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type:
     assert read["cache_hits_esm"] > 0 and read["cache_added_esm"] == 0
     (batch,) = [r for r in result["rows"] if r["group"] == "pipeline-batch"]
     assert batch["frames"] > 0 and len(batch["per_sample_s"]) == 2 and batch["vs_esm_alone"] > 0
+    (process,) = [r for r in result["rows"] if r["name"].startswith("whole `virnucpro predict` process")]
+    assert process["rc"] == 0 and len(process["walls_s"]) == 2  # --process-runs 2
+    assert min(process["walls_s"]) <= process["wall_s"] <= max(process["walls_s"])
     pipeline = next(r for r in result["rows"] if r["group"] == "pipeline")
     assert pipeline["frames"] > 0 and pipeline["model_loads"] == {"cpu": {"dnabert": 1, "esm": 1}}
     standard = [r for r in result["rows"] if r["name"].startswith("standard")][0]

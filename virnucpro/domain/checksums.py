@@ -1,4 +1,5 @@
-"""Streamed SHA-256 checksums of files (model files, inputs recorded in ``run_info.json``).
+"""Streamed SHA-256 checksums of files (model files, inputs recorded in ``run_info.json``, the
+prepared work files recorded in ``prepared.json``).
 
 :func:`sha256_file` always reads the file. :func:`sha256_file_unchanged` remembers, for this
 process, the digest of a file whose identity and stat are unchanged (device, inode, size,
@@ -12,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 
-__all__ = ["sha256_file", "sha256_file_unchanged"]
+__all__ = ["FileDigest", "file_digest", "sha256_file", "sha256_file_unchanged"]
 
 _BLOCK_SIZE = 1 << 20
 
@@ -24,11 +26,26 @@ _reading: dict[tuple[str, int, int, int, int], threading.Lock] = {}  # one reade
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the lowercase hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    return file_digest(path).sha256
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """A file's size in bytes and lowercase hex SHA-256, from one read."""
+
+    size: int
+    sha256: str
+
+
+def file_digest(path: str | os.PathLike[str]) -> FileDigest:
+    """The size and SHA-256 of the bytes read from ``path`` (one read: they describe the same bytes)."""
     digest = hashlib.sha256()
+    size = 0
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_BLOCK_SIZE), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return FileDigest(size, digest.hexdigest())
 
 
 def sha256_file_unchanged(path: str | os.PathLike[str]) -> str:

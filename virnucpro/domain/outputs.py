@@ -19,7 +19,8 @@ Layout::
     <out>/report.html                          human-readable summary
     <out>/calibration.json                     written by `virnucpro calibrate` (not by predict)
     <out>/.virnucpro_work/                     intermediates (resumable)
-        shards/  records.tsv  prepared.json     frame shards, records, the resume key
+        shards/  records.tsv  prepared.json     frame shards, records, the resume key (with
+                                               each prepared file's size and SHA-256)
         descriptions.tsv                       FASTA header descriptions (records having one)
         features/dnabert/  features/esm/       per-shard embeddings
         scores/  DONE                          per-shard scores, the finished marker
@@ -222,7 +223,8 @@ class OutputPaths:
 
     @property
     def manifest(self) -> Path:
-        """What was prepared from which input (SHA-256, chunk length, shards): the resume key."""
+        """What was prepared from which input (SHA-256, chunk length, shards): the resume key, and
+        the size and SHA-256 of each prepared file."""
         return self.work_dir / "prepared.json"
 
     @property

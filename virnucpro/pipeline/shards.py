@@ -6,8 +6,9 @@ atomically, so a file that exists is complete; :func:`load_features` checks it (
 shard's, every value finite) before it is used. Finished shards are therefore never recomputed on
 resume, and a bad file is recomputed, not used: :func:`features_complete` treats a file that fails
 to load (truncated, empty, not an ``.npz``, wrong IDs, non-finite values) as missing, logs why and
-removes it; :func:`prepared_problem` says why a preparation (shards, ``records.tsv``) cannot be
-reused.
+removes it; :func:`prepared_problem` says why a preparation's shards or ``records.tsv`` are not
+what it wrote (:mod:`~virnucpro.pipeline.prepared_manifest` adds each prepared file's size and
+SHA-256).
 """
 
 from __future__ import annotations

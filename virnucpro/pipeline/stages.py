@@ -8,7 +8,6 @@ restartable: finished work on disk is checked and reused.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -22,7 +21,7 @@ from virnucpro.config import RunConfig
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.calibration import calibrate_calls
 from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_track
-from virnucpro.domain.checksums import sha256_file
+from virnucpro.domain.checksums import FileDigest, sha256_file
 from virnucpro.domain.fasta import check_input_file, read_fasta
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.domain.prepare import iter_frames
@@ -42,12 +41,17 @@ from virnucpro.pipeline.shards import (
     features_complete,
     iter_shard_ids,
     load_features,
-    prepared_problem,
     read_shard,
     save_features,
     write_shard,
 )
 from virnucpro.pipeline.calling import CallSettings
+from virnucpro.pipeline.prepared_manifest import (
+    ManifestError,
+    PreparedManifest,
+    PrepareKey,
+    read_manifest,
+)
 from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
 from virnucpro.pipeline.tracks import iter_tracks, read_records, write_descriptions
 from virnucpro.pipeline.work_keys import claim_folder, read_key, score_key
@@ -62,8 +66,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class PreparedSample:
     shards: tuple[Shard, ...]
     seconds: float
     reused: bool = False
+    files: tuple[tuple[str, FileDigest], ...] = ()  # each prepared file's digest, as prepared.json holds them
 
     @property
     def paths(self) -> OutputPaths:
@@ -124,7 +127,10 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     """Read, chunk and translate the input; write frame shards and the record list.
 
     Reuses an earlier preparation of the same input (same SHA-256, chunk length and shard size)
-    so that a resumed run keeps its shard boundaries and finished feature files.
+    whose every file is still the one prepared (size and SHA-256 as ``prepared.json`` records
+    them: :mod:`~virnucpro.pipeline.prepared_manifest`), so that a resumed run keeps its shard
+    boundaries and finished feature files; otherwise it logs which file and why, and prepares
+    again.
     """
     started = time.perf_counter()
     input_path = Path(config.input_fasta)
@@ -133,25 +139,22 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
     _check_output_dir(paths)
     check_work_dir(paths.work_dir)
     input_sha = sha256_file(input_path)
-    manifest = _read_manifest(paths.manifest)
-    key = {"input_sha256": input_sha, "chunk_length": config.chunk_length,
-           "shard_frames": config.shard_frames, "version": _MANIFEST_VERSION}
-    if config.resume and manifest is not None and all(manifest.get(k) == v for k, v in key.items()):
-        shards = tuple(
-            Shard(s["shard_id"], paths.shards_dir / s["file"], s["n_frames"], s["n_tokens"])
-            for s in manifest["shards"]
-        )
-        problem = prepared_problem(shards, paths.records, manifest["n_records"])
-        if problem is None:
-            logger.info("reusing the preparation of %s (%d frames)", input_path, manifest["n_frames"])
+    key = PrepareKey(input_sha, config.chunk_length, config.shard_frames)
+    earlier = _earlier_preparation(paths, key) if config.resume else None
+    if earlier is not None:
+        problem = earlier if isinstance(earlier, str) else earlier.problem(paths)
+        if problem is None and isinstance(earlier, PreparedManifest):
+            logger.info("reusing the preparation of %s (%d frames)", input_path, earlier.n_frames)
             return PreparedSample(
                 input_path, input_sha, config.chunk_length, Path(config.output_dir),
-                manifest["n_records"], manifest["n_chunks"], manifest["n_frames"], shards,
-                time.perf_counter() - started, reused=True,
+                earlier.n_records, earlier.n_chunks, earlier.n_frames, earlier.shards,
+                time.perf_counter() - started, reused=True, files=earlier.files,
             )
         logger.warning("%s; preparing %s again (finished feature files are kept)", problem, input_path)
-    elif paths.work_dir.exists():
-        shutil.rmtree(paths.work_dir)  # a different input or settings: nothing is reusable
+    elif paths.work_dir.exists():  # a different input or settings, or no record: nothing is reusable
+        logger.info("removing the earlier work in %s (%s)", paths.work_dir,
+                    "no preparation of this input with these settings" if config.resume else "--no-resume")
+        shutil.rmtree(paths.work_dir)
     paths.shards_dir.mkdir(parents=True, exist_ok=True)
     n_records = n_chunks = n_frames = 0
     shards: list[Shard] = []
@@ -178,22 +181,33 @@ def prepare_stage(config: RunConfig) -> PreparedSample:
         flush()
     atomic_write_text(paths.records, "".join(record_lines))
     write_descriptions(paths.descriptions, descriptions)
-    manifest_data = dict(
-        key,
-        input=str(input_path),
-        n_records=n_records,
-        n_chunks=n_chunks,
-        n_frames=n_frames,
-        shards=[{"shard_id": s.shard_id, "file": s.path.name, "n_frames": s.n_frames,
-                 "n_tokens": s.n_tokens} for s in shards],
-    )
-    atomic_write_text(paths.manifest, json.dumps(manifest_data, indent=1))
+    manifest = PreparedManifest.of_written(paths, key, input_path, n_records, n_chunks, n_frames, shards)
+    # last: a preparation cut short leaves no manifest (a fresh one), or the earlier one of the same
+    # key, whose digests are those of the same files (the preparation is deterministic)
+    manifest.write(paths.manifest)
     logger.info("prepared %d records → %d chunks → %d kept frames in %d shards",
                 n_records, n_chunks, n_frames, len(shards))
     return PreparedSample(
         input_path, input_sha, config.chunk_length, Path(config.output_dir),
-        n_records, n_chunks, n_frames, tuple(shards), time.perf_counter() - started,
+        n_records, n_chunks, n_frames, tuple(shards), time.perf_counter() - started, files=manifest.files,
     )
+
+
+def _earlier_preparation(paths: OutputPaths, key: PrepareKey) -> PreparedManifest | str | None:
+    """The work directory's preparation under ``key``; why its manifest is malformed; or None
+    when there is none to reuse (no manifest, one that cannot say what was prepared, another key)."""
+    try:
+        data = read_manifest(paths.manifest)
+    except ManifestError as exc:
+        logger.warning("%s is not a preparation record (%s); nothing in %s is reused",
+                       paths.manifest, exc, paths.work_dir)
+        return None
+    if data is None or not key.matches(data):
+        return None
+    try:
+        return PreparedManifest.from_dict(data, paths)
+    except ManifestError as exc:
+        return f"{paths.manifest} is malformed ({exc})"
 
 
 def _noting_descriptions(
@@ -214,13 +228,6 @@ def _check_output_dir(paths: OutputPaths) -> None:
         paths.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {paths.output_dir}: {exc}") from exc
-
-
-def _read_manifest(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # -- classify --------------------------------------------------------------------------------

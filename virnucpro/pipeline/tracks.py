@@ -6,8 +6,13 @@ the score shards); ``report.html`` builds the same tracks from the written table
 
 ``descriptions.tsv`` (``ID<TAB>description``, one line per record whose FASTA header has a
 description; tabs and line breaks of a description become spaces) is written by the prepare stage
-beside ``records.tsv``. A work directory prepared before it existed has none: the descriptions are
-then empty, nothing else changes.
+beside ``records.tsv``, and ``prepared.json`` records its size and SHA-256 like every prepared
+file's (:mod:`~virnucpro.pipeline.prepared_manifest`). A run reads it only after its prepare step
+has written or checked it: one emptied, truncated, edited or deleted since is prepared again, never
+read as "no descriptions". A work directory prepared before it existed has none and no digests
+either, so it is prepared again as well (its features kept): reading it as it is would give every
+table an empty description column although the input has descriptions. So a missing file is an
+error for :func:`read_descriptions`, never "no descriptions".
 """
 
 from __future__ import annotations
@@ -54,11 +59,9 @@ def write_descriptions(path: str | os.PathLike[str], pairs: Iterable[tuple[str, 
 
 
 def read_descriptions(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``descriptions.tsv`` as ``{record ID: description}``; ``{}`` when there is none."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
+    """``descriptions.tsv`` as ``{record ID: description}`` (:class:`FileNotFoundError` when there is
+    none: see the module docstring)."""
+    text = Path(path).read_text(encoding="utf-8")
     pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line)
     return {record_id: description for record_id, description in pairs}
 

@@ -49,3 +49,14 @@ def test_unchanged_file_is_hashed_once_per_process(tmp_path: Path, monkeypatch) 
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert checksums.sha256_file_unchanged(path) == hashlib.sha256(b"weights v2").hexdigest()
     assert len(reads) == 2
+
+
+def test_file_digest_is_size_and_sha256_of_one_read(tmp_path: Path) -> None:
+    from virnucpro.domain.checksums import FileDigest, file_digest
+
+    data = bytes(range(256)) * 5_000  # several blocks
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert file_digest(path) == FileDigest(len(data), hashlib.sha256(data).hexdigest())
+    path.write_bytes(b"")
+    assert file_digest(path) == FileDigest(0, hashlib.sha256(b"").hexdigest())

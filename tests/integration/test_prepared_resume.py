@@ -2,7 +2,8 @@
 the one prepared: ``records.tsv``, ``descriptions.tsv`` and each frame shard are checked against
 the size and SHA-256 that ``prepared.json`` recorded. A file emptied, truncated, deleted or edited
 since is logged by name and the preparation is redone, so the outputs equal a clean run's byte
-for byte (the descriptions included); a work directory from before the digests is prepared again.
+for byte (the descriptions included); a work directory from before the digests is prepared again;
+a file changed while a run goes on stops that run, and the re-run is right.
 
 End to end on the demo models (CPU), from one finished baseline run copied for each case.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.pipeline_helpers import write_sample
+from tests.integration.pipeline_helpers import cpu_config, write_sample
 from virnucpro.cli import cli
 
 pytest.importorskip("torch")
@@ -206,4 +207,59 @@ def test_a_malformed_prepared_json_is_prepared_again(  # type: ignore[no-untyped
         result = _predict(sample, out, demo_models)
     assert result.exit_code == 0, result.output
     assert logged in caplog.text
+    _assert_same_tables(out, baseline)
+
+
+# -- a prepared file changed while the run goes on --------------------------------------------
+class _DamageAfterPrepare:
+    """Calls each step directly (the CLI's way) and damages a prepared file once the prepare step
+    has returned: what the report step reads later is no longer what was prepared."""
+
+    def __init__(self, damage) -> None:  # type: ignore[no-untyped-def]
+        from virnucpro.pipeline.steps import DirectSteps
+
+        self.direct = DirectSteps()
+        self.damage = damage
+
+    def run(self, step, *args):  # type: ignore[no-untyped-def]
+        result = self.direct.run(step, *args)
+        if step.name == "prepare":
+            self.damage(result.paths.work_dir)
+        return result
+
+    def start(self, step, *args):  # type: ignore[no-untyped-def]
+        return self.direct.start(step, *args)
+
+
+def _edit_shard_during_run(work: Path) -> None:
+    path = work / "shards" / "shard_000000.tsv"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    fields = lines[0].split("\t")
+    fields[3] = ("C" if fields[3][0] != "C" else "G") + fields[3][1:]
+    lines[0] = "\t".join(fields)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+DURING = {
+    "emptied_descriptions": (_empty_descriptions, "descriptions.tsv is 0 bytes, not the "),
+    "edited_shard": (_edit_shard_during_run, "shards/shard_000000.tsv is not the file prepared"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DURING))
+def test_a_prepared_file_changed_during_a_run_stops_it_and_the_rerun_is_right(  # type: ignore[no-untyped-def]
+    kind: str, baseline: Path, sample: Path, demo_models, tmp_path: Path
+) -> None:
+    from virnucpro.errors import OutputError
+    from virnucpro.pipeline.prediction import run_prediction
+
+    damage, named = DURING[kind]
+    out = tmp_path / "out"
+    config = cpu_config(sample, out, demo_models, shard_frames=8)
+    with pytest.raises(OutputError, match="changed during this run") as caught:
+        run_prediction(config, steps=_DamageAfterPrepare(damage))
+    assert named in str(caught.value)
+    assert not (out / "prediction_sequences.tsv").exists()  # nothing published
+    result = _predict(sample, out, demo_models)
+    assert result.exit_code == 0, result.output
     _assert_same_tables(out, baseline)

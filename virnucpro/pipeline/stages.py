@@ -50,6 +50,7 @@ from virnucpro.pipeline.prepared_manifest import (
     ManifestError,
     PreparedManifest,
     PrepareKey,
+    changed_files,
     read_manifest,
 )
 from virnucpro.pipeline.stage import FEATURE_STAGES, FeatureStage
@@ -311,6 +312,7 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
     """
     started = time.perf_counter()
     paths = prepared.paths
+    _check_unchanged(prepared)
     paths.staging_dir.mkdir(parents=True, exist_ok=True)
     all_scores: list[FrameScore] = []
     n_written = write_prediction_results(
@@ -357,6 +359,32 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
         n_virus_fasta=handoff.n_virus,
         n_provirus_fasta=handoff.n_provirus,
         n_calibrated=sum(c.calibrated_virus_score is not None for c in calls),
+    )
+
+
+def _check_unchanged(prepared: PreparedSample) -> None:
+    """:class:`OutputError` if a prepared file the report reads (records, descriptions, shards)
+    is no longer of the size and SHA-256 this run's prepare step recorded or checked: it changed
+    while the feature stages ran, and the tables would come from other records or descriptions.
+
+    A changed shard may have been read by a worker after the change, and identical frames are
+    computed once across shards (:mod:`~virnucpro.pipeline.dedupe`), so any feature or score file
+    can hold rows computed from it: they are all removed, and the re-run prepares again and
+    computes them from the right shards.
+    """
+    changed = changed_files(prepared.paths, prepared.shards, prepared.files) if prepared.files else []
+    if not changed:
+        return
+    paths = prepared.paths
+    if any(path.parent == paths.shards_dir for path, _ in changed):
+        logger.warning("a frame shard changed during the run; removing every feature and score file "
+                       "in %s (any of them can hold rows computed from it)", paths.work_dir)
+        for folder in (paths.features_dir, paths.scores_dir):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+    raise OutputError(
+        f"{changed[0][1]}: it changed during this run (after the prepare step), so no output was "
+        "written; re-run (the preparation is redone)"
     )
 
 

@@ -188,7 +188,13 @@ def _bad_files(manifest: dict) -> str:
     return json.dumps({**manifest, "files": {"records.tsv": "junk"}})
 
 
+def _wrong_chunk_count(manifest: dict) -> str:
+    """Silent before the counts were checked: run_info.json (and the report) showed it."""
+    return json.dumps({**manifest, "n_chunks": manifest["n_chunks"] + 1})
+
+
 MANIFESTS = {
+    "wrong_chunk_count": (_wrong_chunk_count, "chunks and "),
     "not_an_object": (_not_an_object, "prepared.json is not a preparation record"),
     "bad_shard_list": (_bad_shard_list, "prepared.json is malformed"),
     "bad_files": (_bad_files, "prepared.json is malformed"),
@@ -208,6 +214,8 @@ def test_a_malformed_prepared_json_is_prepared_again(  # type: ignore[no-untyped
     assert result.exit_code == 0, result.output
     assert logged in caplog.text
     _assert_same_tables(out, baseline)
+    run_input = json.loads((out / "run_info.json").read_text())["input"]
+    assert run_input == json.loads((baseline / "run_info.json").read_text())["input"]
 
 
 # -- a prepared file changed while the run goes on --------------------------------------------

@@ -6,8 +6,9 @@ the shard size, the shard layout's version), the counts, the shard list, and the
 of every prepared work file (``records.tsv``, ``descriptions.tsv``, each frame shard), taken from
 the files as written. A resumed run reuses the preparation only if every one of them is there,
 readable as what it is (:func:`~virnucpro.pipeline.shards.prepared_problem`) and of the recorded
-size and SHA-256 (:meth:`PreparedManifest.problem`); otherwise the prepare stage logs which file
-and why, and prepares again. A file emptied, truncated, deleted or edited after a run (disk
+size and SHA-256, and the manifest's own counts of chunks and frames are those of its files
+(:meth:`PreparedManifest.problem`); otherwise the prepare stage logs which file and why, and
+prepares again. A file emptied, truncated, deleted or edited after a run (disk
 trouble, a user's tool) is therefore never used: without the digests, an emptied
 ``descriptions.tsv`` gave every table an empty description column, an edited ``records.tsv`` wrong
 lengths, an edited shard features of another sequence.
@@ -139,7 +140,8 @@ class PreparedManifest:
 
     def problem(self, paths: OutputPaths) -> str | None:
         """Why this preparation cannot be reused, or None: a file missing, unreadable, not what it
-        should hold, or not of the recorded size and SHA-256; or no digests recorded at all."""
+        should hold, or not of the recorded size and SHA-256; no digests recorded at all; or
+        counts of chunks and frames that are not its files'."""
         structural = prepared_problem(self.shards, paths.records, self.n_records)
         if structural is not None:
             return structural
@@ -147,7 +149,16 @@ class PreparedManifest:
             return (f"{paths.manifest} records no size and SHA-256 of the prepared files (written by an "
                     "earlier version)")
         changed = changed_files(paths, self.shards, self.files)
-        return changed[0][1] if changed else None
+        if changed:
+            return changed[0][1]
+        # the manifest's own counts (run_info.json and the report show them): those of its files
+        with open(paths.records, encoding="utf-8", newline="\n") as handle:
+            chunks = sum(int(line.split("\t")[2]) for line in handle)
+        frames = sum(s.n_frames for s in self.shards)
+        if (chunks, frames) != (self.n_chunks, self.n_frames):
+            return (f"{paths.manifest} counts {self.n_chunks} chunks and {self.n_frames} frames, but its "
+                    f"files hold {chunks} and {frames}")
+        return None
 
 
 def changed_files(paths: OutputPaths, shards: Iterable[Shard],

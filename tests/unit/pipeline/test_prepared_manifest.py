@@ -121,3 +121,12 @@ def test_read_manifest_tells_none_from_unreadable(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(ManifestError, match="unreadable"):
         read_manifest(path)
+
+
+def test_counts_that_are_not_the_files_are_named(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    paths, manifest = _prepare(tmp_path)
+    assert replace(manifest, n_chunks=3).problem(paths) == (
+        f"{paths.manifest} counts 3 chunks and 2 frames, but its files hold 2 and 2")
+    assert "counts 2 chunks and 5 frames" in replace(manifest, n_frames=5).problem(paths)

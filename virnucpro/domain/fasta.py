@@ -51,7 +51,9 @@ __all__ = [
     "NUCLEOTIDE_CODES",
     "FastaSummary",
     "check_input_file",
+    "open_fasta",
     "read_fasta",
+    "split_title",
     "validate_fasta",
     "format_fasta_record",
     "write_fasta",
@@ -107,6 +109,23 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[SequenceRecord]:
     return _FastaParser(Path(path)).records()
 
 
+def open_fasta(path: str | os.PathLike[str]) -> BinaryIO:
+    """The bytes of a FASTA file, decompressed when it is gzip (told by its magic bytes, not its
+    name); :class:`InputError` naming the problem when it cannot be opened or is another
+    compression. The caller closes it."""
+    return _FastaParser(Path(path))._open()
+
+
+def split_title(title: str) -> tuple[str, str]:
+    """A header's text after '>' (line ending removed) as ``(ID, description)``: the first
+    whitespace-separated token and the rest, stripped, as Biopython splits it. The ID is empty
+    when the title is blank."""
+    fields = title.split(None, 1)
+    if not fields:
+        return "", ""
+    return fields[0], (fields[1].strip() if len(fields) > 1 else "")
+
+
 def check_input_file(path: str | os.PathLike[str]) -> None:
     """Raise :class:`InputError` unless ``path`` is a regular file that can be opened and read.
 
@@ -119,7 +138,7 @@ def check_input_file(path: str | os.PathLike[str]) -> None:
             f"{path}: is not a regular file (a pipe, socket or device); the input is read more "
             "than once. Save it to a file first and re-run."
         )
-    _FastaParser(path)._open().close()
+    open_fasta(path).close()
 
 
 def validate_fasta(path: str | os.PathLike[str]) -> FastaSummary:
@@ -347,13 +366,13 @@ class _FastaParser:
                 f"at column {control.start() + 2}; a header must be printable text (it becomes the "
                 "record ID in every output). Remove the character from the header and re-run."
             )
-        fields = title.split(None, 1)
-        if not fields:
+        record_id, description = split_title(title)
+        if not record_id:
             raise InputError(
                 f"{self.name}: line {line_no}: the header '>' has an empty ID. Give every record "
                 "an ID right after '>' (e.g. '>contig_1') and re-run."
             )
-        return fields[0], (fields[1].strip() if len(fields) > 1 else "")
+        return record_id, description
 
     def _finish(
         self,

@@ -9,10 +9,12 @@
   not repeated here: they are the records of ``virus.fna``.
 
 Sequences are written as in the input (case kept) in lines of 60 letters (:data:`FASTA_WRAP`, as
-the chunk file and Biopython write FASTA). The input is streamed once more through
-:func:`~virnucpro.domain.fasta.read_fasta`, one record in memory at a time; both files are written
-atomically together (neither appears if anything fails). A record or region that the input no
-longer has (the file changed since the run) raises :class:`~virnucpro.errors.InputError`.
+the chunk file and Biopython write FASTA). The input is streamed once more, one record in memory
+at a time: through :func:`~virnucpro.domain.fasta.read_fasta`, or, given the SHA-256 the run
+recorded for it, through :func:`~virnucpro.domain.fasta_reread.reread_fasta` (the same records,
+read faster while the file is unchanged); both files are written atomically together (neither
+appears if anything fails). A record or region that the input no longer has (the file changed
+since the run) raises :class:`~virnucpro.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import IO, Any
 
 from virnucpro.domain.atomic import atomic_open
 from virnucpro.domain.fasta import format_fasta_record, read_fasta
+from virnucpro.domain.fasta_reread import reread_fasta
 from virnucpro.domain.regions import Region, RegionKind
 from virnucpro.errors import InputError
 
@@ -55,11 +58,13 @@ def write_handoff_fasta(
     virus_path: str | os.PathLike[str] | None,
     provirus_path: str | os.PathLike[str] | None,
     wrap: int = FASTA_WRAP,
+    input_sha256: str | None = None,
 ) -> HandoffCounts:
     """Write ``virus.fna`` (records ``virus_ids``) and ``provirus.fna`` (the provirus ``regions``).
 
-    A path of ``None`` skips that file. Regions of kind ``whole`` are ignored (their records are
-    in ``virus.fna``). Raises :class:`InputError` when ``input_path`` lacks a selected record or
+    ``input_sha256``: the input's checksum when the run read it (module docstring); ``None``
+    reads it with the general reader. A path of ``None`` skips that file. Regions of kind
+    ``whole`` are ignored (their records are in ``virus.fna``). Raises :class:`InputError` when ``input_path`` lacks a selected record or
     is shorter than a region (no file is written then).
     """
     wanted = set(virus_ids) if virus_path is not None else set()
@@ -73,7 +78,8 @@ def write_handoff_fasta(
     with contextlib.ExitStack() as stack:
         virus_out = _open(stack, virus_path)
         provirus_out = _open(stack, provirus_path)
-        for record in read_fasta(input_path):
+        records = read_fasta(input_path) if input_sha256 is None else reread_fasta(input_path, input_sha256)
+        for record in records:
             is_virus = record.id in wanted
             record_regions = by_record.get(record.id, ())
             if not is_virus and not record_regions:

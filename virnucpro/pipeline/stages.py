@@ -342,6 +342,7 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
         regions=regions,
         virus_path=paths.virus_fasta,
         provirus_path=paths.provirus_fasta,
+        input_sha256=prepared.input_sha256,
     )
     counts = {label.value: 0 for label in SequenceCallLabel}
     for call in calls:

@@ -114,3 +114,41 @@ def test_a_region_past_the_record_end_is_an_error(tmp_path: Path) -> None:
             provirus_path=tmp_path / "provirus.fna",
         )
     assert not (tmp_path / "provirus.fna").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_the_recorded_checksum_reads_the_input_by_blocks_and_writes_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
+    import virnucpro.domain.fasta_reread as fasta_reread
+    from virnucpro.domain.checksums import sha256_file
+
+    source = _input(tmp_path, compress)
+    written = {}
+    for name, sha in (("general", None), ("blocks", sha256_file(source))):
+        if sha is not None:  # the unchanged file never reaches the general reader
+            monkeypatch.setattr(fasta_reread, "read_fasta", None)
+        out = tmp_path / name
+        out.mkdir()
+        write_handoff_fasta(
+            source, virus_ids=["phage_1", "other"], regions=[_region("host_1", 11, 80)],
+            virus_path=out / "virus.fna", provirus_path=out / "provirus.fna", input_sha256=sha,
+        )
+        written[name] = [(out / f).read_bytes() for f in ("virus.fna", "provirus.fna")]
+    assert written["blocks"] == written["general"]
+    assert written["blocks"][1].startswith(b">host_1|provirus_11_80\n")
+
+
+def test_an_input_changed_since_its_checksum_was_recorded_is_read_with_every_check(
+    tmp_path: Path,
+) -> None:
+    from virnucpro.domain.checksums import sha256_file
+
+    source = _input(tmp_path)
+    recorded = sha256_file(source)
+    source.write_text(">phage_1\nACGT\n")
+    with pytest.raises(InputError, match=r"has no record 'host_1', which the run called"):
+        write_handoff_fasta(
+            source, virus_ids=["phage_1", "host_1"], regions=[],
+            virus_path=tmp_path / "virus.fna", provirus_path=None, input_sha256=recorded,
+        )

@@ -14,6 +14,7 @@ DOMAIN_MODULES = [
     "chunking",
     "disk",
     "fasta",
+    "fasta_reread",
     "handoff",
     "outputs",
     "prepare",

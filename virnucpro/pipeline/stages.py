@@ -41,7 +41,6 @@ from virnucpro.pipeline.shards import (
     features_complete,
     iter_shard_ids,
     load_features,
-    read_shard,
     save_features,
     write_shard,
 )
@@ -292,14 +291,14 @@ def classify_stage(prepared: PreparedSample, classifier_path: Path) -> ClassifyR
     return ClassifyReport(prepared.n_frames, scorer.input_dim, time.perf_counter() - started, skipped)
 
 
-def _iter_frame_scores(prepared: PreparedSample) -> Iterator[tuple[str, str, FrameScore]]:
-    """(record ID, chunk ID, score) for every frame, in input order."""
+def _iter_frame_scores(prepared: PreparedSample) -> Iterator[FrameScore]:
+    """Every frame's score, in input order. Of each shard only the frame IDs are read (not the
+    frames' DNA and protein)."""
     for shard in prepared.shards:
-        frames = read_shard(shard.path)
-        ids = [f.frame_id for f in frames]
+        ids = list(iter_shard_ids(shard.path))
         probs = load_features(prepared.paths.score_file(shard.name), ids)
-        for frame, (others, virus) in zip(frames, probs):
-            yield frame.record_id, frame.chunk_id, FrameScore(frame.frame_id, float(others), float(virus))
+        for frame_id, (others, virus) in zip(ids, probs.tolist()):
+            yield FrameScore(frame_id, others, virus)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -314,10 +313,8 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
     paths = prepared.paths
     _check_unchanged(prepared)
     paths.staging_dir.mkdir(parents=True, exist_ok=True)
-    all_scores: list[FrameScore] = []
-    n_written = write_prediction_results(
-        paths.prediction_results, (score for _, _, score in _tracked(_iter_frame_scores(prepared), all_scores))
-    )
+    all_scores = list(_iter_frame_scores(prepared))
+    n_written = write_prediction_results(paths.prediction_results, all_scores)
     if n_written != prepared.n_frames:
         raise OutputError(
             f"{paths.prediction_results}: wrote {n_written} rows for {prepared.n_frames} frames; "
@@ -387,9 +384,3 @@ def _check_unchanged(prepared: PreparedSample) -> None:
         f"{changed[0][1]}: it changed during this run (after the prepare step), so no output was "
         "written; re-run (the preparation is redone)"
     )
-
-
-def _tracked(items: Iterator[tuple[str, str, FrameScore]], sink: list[FrameScore]) -> Iterator[tuple[str, str, FrameScore]]:
-    for item in items:
-        sink.append(item[2])
-        yield item

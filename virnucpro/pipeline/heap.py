@@ -1,4 +1,5 @@
-"""The garbage collector in a long-lived worker: collect once after loading, then freeze.
+"""The garbage collector: in a long-lived worker, collect once after loading, then freeze; in a
+run's last steps, paused.
 
 Loading and compiling a model leaves a large heap of long-lived Python objects (modules,
 compiled graphs, guards) plus garbage. Python's full collections walk every tracked object, so
@@ -6,13 +7,23 @@ one falling due in the middle of a stage stalls the thread that feeds the GPU. M
 H200 (docs/benchmarks.md, 2026-12-01 fourth session): a full collection right after the ESM-2
 section took ~0.25 s inside the DNABERT-S stage and cost it 9% of its throughput (17.6k against
 19.3k frames/s); with the heap frozen, the same run right after ESM-2 kept 19.2k.
+
+In the run's own process, :func:`collection_paused` keeps the collector off while the last steps
+build their many small records, none of them cyclic garbage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import threading
+from collections.abc import Iterator
 
-__all__ = ["settle_heap"]
+__all__ = ["settle_heap", "collection_paused"]
+
+_pause_lock = threading.Lock()
+_pauses = 0  # collection_paused blocks entered and not left yet, over every thread
+_enabled_before = False  # the collector's state when the first of them was entered
 
 
 def settle_heap(*, released: bool = False) -> int:
@@ -29,3 +40,29 @@ def settle_heap(*, released: bool = False) -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block; on leaving it, even by an error,
+    the collector is as it was before.
+
+    For a stretch that builds many small objects which live until it ends (a run's tables,
+    calls and report page): each young collection walks what was made since the last, and a
+    full one every tracked object of the process (torch's modules, Prefect's...), to free no
+    cycle; reference counting frees what dies on the way. Blocks may nest and overlap between
+    threads: the state before the first one entered is restored when the last one is left.
+    """
+    global _pauses, _enabled_before
+    with _pause_lock:
+        if _pauses == 0:
+            _enabled_before = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _enabled_before:
+                gc.enable()

@@ -3,7 +3,8 @@
 The order of a run, written once: memory checkpoint → plan (models, devices) → model checksums
 (beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → for
 each feature stage: features, memory checkpoint → classify →
-report → memory checkpoint → finalize. Both feature stages run through
+report → memory checkpoint → finalize (these three with the garbage collector paused:
+:func:`~virnucpro.pipeline.heap.collection_paused`). Both feature stages run through
 ``BatchQueueManager(..., use_persistent_pool=persistent_models)`` semantics, on the workers of the
 run's :class:`~virnucpro.pipeline.lease.PoolLease`.
 
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from virnucpro.config import RunConfig
 from virnucpro.pipeline.finalize import PredictionResult
 from virnucpro.domain.outputs import OutputPaths
+from virnucpro.pipeline.heap import collection_paused
 from virnucpro.pipeline.lease import PoolLease
 from virnucpro.pipeline.output_dir import clear_earlier_outputs
 from virnucpro.pipeline.output_lock import output_lock
@@ -104,11 +106,12 @@ def _run(
         lease.close_beside()
     classified = call.run(CLASSIFY, prepared, plan.models.classifier.path)
     timings["classify"] = classified.seconds
-    reported = call.run(REPORT, prepared, plan.calling)
-    timings["report"] = reported.seconds
-    if owns_lease:
-        lease.close()  # the end checkpoint sees the GPU after the workers, in every run alike
-    checkpoints.append(call.run(CHECKPOINT, "end", None))
-    timings["total"] = time.perf_counter() - started
-    return call.run(FINALIZE, plan, prepared, tuple(reports), classified, reported, tuple(checkpoints),
-                    timings, checksums.result())
+    with collection_paused():  # the steps run in this process (the flow's tasks in its threads)
+        reported = call.run(REPORT, prepared, plan.calling)
+        timings["report"] = reported.seconds
+        if owns_lease:
+            lease.close()  # the end checkpoint sees the GPU after the workers, in every run alike
+        checkpoints.append(call.run(CHECKPOINT, "end", None))
+        timings["total"] = time.perf_counter() - started
+        return call.run(FINALIZE, plan, prepared, tuple(reports), classified, reported,
+                        tuple(checkpoints), timings, checksums.result())

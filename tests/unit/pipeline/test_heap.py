@@ -1,9 +1,11 @@
-"""settle_heap: the worker collects once after loading a model, then freezes the heap."""
+"""settle_heap: the worker collects once after loading a model, then freezes the heap;
+collection_paused: the collector off for a block, then as it was."""
 
 from __future__ import annotations
 
 import gc
 import queue
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.config import Precision
-from virnucpro.pipeline.heap import settle_heap
+from virnucpro.pipeline.heap import collection_paused, settle_heap
 
 
 class _Node:
@@ -21,8 +23,10 @@ class _Node:
 
 @pytest.fixture(autouse=True)
 def _unfrozen() -> Iterator[None]:
+    enabled = gc.isenabled()
     yield
     gc.unfreeze()  # leave the test session's collector as it was
+    (gc.enable if enabled else gc.disable)()
 
 
 def test_settle_heap_collects_garbage_and_freezes_survivors() -> None:
@@ -80,3 +84,62 @@ def test_worker_settles_after_load_and_frees_a_released_model(demo_models, tmp_p
     del embedder, holder
     worker.release(FeatureStage.DNABERT)
     assert model() is None  # released: unfrozen and collected
+
+
+def test_collection_paused_turns_the_collector_off_and_back_on() -> None:
+    gc.enable()
+    with collection_paused():
+        assert not gc.isenabled()
+        cycle = _Node()
+        dead = weakref.ref(cycle)
+        del cycle
+        for _ in range(50_000):  # far past every generation's threshold
+            _Node.__new__(_Node)
+        assert dead() is not None  # no automatic collection inside
+    assert gc.isenabled()
+    gc.collect()
+    assert dead() is None
+
+
+def test_collection_paused_restores_the_collector_after_an_error() -> None:
+    gc.enable()
+    with pytest.raises(RuntimeError, match="inside"), collection_paused():
+        raise RuntimeError("inside")
+    assert gc.isenabled()
+
+
+def test_collection_paused_leaves_a_collector_that_was_off_off() -> None:
+    gc.disable()
+    with collection_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+
+
+def test_nested_pauses_end_with_the_outermost() -> None:
+    gc.enable()
+    with collection_paused():
+        with collection_paused():
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_pauses_overlapping_in_two_threads_end_with_the_last_one_left() -> None:
+    gc.enable()
+    entered, leave = threading.Event(), threading.Event()
+    states: list[bool] = []
+
+    def other() -> None:
+        with collection_paused():
+            entered.set()
+            leave.wait(10)
+        states.append(gc.isenabled())
+
+    thread = threading.Thread(target=other)
+    with collection_paused():
+        thread.start()
+        assert entered.wait(10)
+    assert not gc.isenabled()  # the other thread's pause still holds
+    leave.set()
+    thread.join(10)
+    assert states == [True] and gc.isenabled()

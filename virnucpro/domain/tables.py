@@ -20,13 +20,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from virnucpro.domain.atomic import atomic_open
-from virnucpro.domain.calls import ChunkCall, SequenceCall, SequenceCallLabel, frame_label
+from virnucpro.domain.calls import ChunkCall, SequenceCall, SequenceCallLabel, chunk_id_of, frame_label
 from virnucpro.domain.records import FrameScore
 from virnucpro.domain.regions import Region, RegionKind
 from virnucpro.errors import OutputError
@@ -103,9 +103,13 @@ def write_prediction_results(path: str | os.PathLike[str], scores: Iterable[Fram
     return count
 
 
-def iter_prediction_results(path: str | os.PathLike[str]) -> Iterator[FrameScore]:
+def iter_prediction_results(
+    path: str | os.PathLike[str], chunk_ids: Container[str] | None = None
+) -> Iterator[FrameScore]:
     """Read ``prediction_results.txt`` row by row; scores come back as exact float32 values.
 
+    ``chunk_ids``: only the rows of the frames of these chunks
+    (:func:`~virnucpro.domain.calls.chunk_id_of`) are yielded, and only their scores parsed.
     Raises :class:`OutputError` naming the file and line when it is not such a table.
     """
     with open(path, encoding="utf-8", newline="") as handle:
@@ -114,6 +118,8 @@ def iter_prediction_results(path: str | os.PathLike[str]) -> Iterator[FrameScore
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != 4 or fields[1] not in ("virus", "others"):
                 raise _bad_row(path, line_no, "expected: frame ID, virus|others, two scores")
+            if chunk_ids is not None and chunk_id_of(fields[0]) not in chunk_ids:
+                continue
             try:
                 others, virus = float(np.float32(fields[2])), float(np.float32(fields[3]))
             except ValueError:

@@ -14,6 +14,7 @@ from virnucpro.domain.tables import (
     REGION_COLUMNS,
     SEQUENCE_COLUMNS,
     format_score,
+    iter_prediction_results,
     read_highest_score,
     read_prediction_results,
     read_regions,
@@ -59,6 +60,25 @@ def test_prediction_results_round_trip_is_exact_for_float32(tmp_path: Path) -> N
     write_prediction_results(second, read_prediction_results(first))
     assert first.read_bytes() == second.read_bytes()
     assert [s.score_virus for s in read_prediction_results(first)] == [float(v) for v in virus]
+
+
+def test_prediction_results_of_some_chunks_only(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_results.txt"
+    scores = [FrameScore(f"{r}_chunk_{k}{frame}", 0.25, 0.75)
+              for r in ("a", "b") for k in (1, 2) for frame in ("F1", "R3")]
+    write_prediction_results(path, scores)
+    chosen = list(iter_prediction_results(path, {"a_chunk_2", "b_chunk_1", "c_chunk_1"}))
+    assert [s.frame_id for s in chosen] == ["a_chunk_2F1", "a_chunk_2R3", "b_chunk_1F1", "b_chunk_1R3"]
+    assert chosen == [s for s in scores if s.frame_id[:-2] in ("a_chunk_2", "b_chunk_1")]
+    assert list(iter_prediction_results(path, set())) == []
+
+
+def test_a_bad_row_is_an_error_also_outside_the_chunks_read(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_results.txt"
+    path.write_text("Sequence_ID\tPrediction\tscore1\tscore2\n"
+                    "a_chunk_1F1\tvirus\t0.1\t0.9\nb_chunk_1F1\tmaybe\t0.5\n")
+    with pytest.raises(OutputError, match="line 3"):
+        list(iter_prediction_results(path, {"a_chunk_1"}))
 
 
 def test_highest_score_format(tmp_path: Path) -> None:

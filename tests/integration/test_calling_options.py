@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tests.integration.conftest import HOSTILE_DESCRIPTION, HOSTILE_ID, DemoRun
 from virnucpro.cli import cli
 from virnucpro.domain.calibration import read_calibration
-from virnucpro.domain.calls import SequenceCallLabel, call_track
+from virnucpro.domain.calls import SequenceCallLabel, call_chunk_frames, call_track
 from virnucpro.domain.fasta import read_fasta
 from virnucpro.domain.regions import RegionKind, RegionOptions, find_regions
 from virnucpro.domain.tables import (
@@ -57,9 +57,9 @@ def _provirus(out: Path) -> list[tuple[str, int, int]]:
 def _expected_regions(out: Path, preset: str, options: RegionOptions) -> list[tuple[str, int, int]]:
     """The regions the domain rule finds on the tracks rebuilt from the written tables."""
     calls = read_sequence_calls(out / "prediction_sequences.tsv")
-    scores = {s.frame_id: s for s in iter_prediction_results(out / "prediction_results.txt")}
+    chunks = call_chunk_frames(iter_prediction_results(out / "prediction_results.txt"))
     thresholds = resolve_thresholds(preset)
-    tracks = iter_tracks([RecordRow(c.record_id, c.length, c.n_chunks) for c in calls], scores, 500)
+    tracks = iter_tracks([RecordRow(c.record_id, c.length, c.n_chunks) for c in calls], chunks, 500)
     return [(r.sequence_id, r.start, r.end) for t in tracks
             for r in find_regions(t, call_track(t, thresholds), thresholds, options)
             if r.kind is RegionKind.PROVIRUS]

@@ -36,7 +36,8 @@ lies in [0, 1] and is ``None`` for a no-call. It needs the chunks' coordinates: 
 :class:`RecordTrack` has them; :func:`call_sequence` without ``chunk_length`` leaves it ``None``.
 It is reported beside the call, not used by it. ``description`` is the FASTA header after the ID.
 
-The *track* of a record (:class:`RecordTrack`, from :func:`build_track` or :func:`track_of`) is
+The *track* of a record (:class:`RecordTrack`, from :func:`build_track`, :func:`track_from_calls`
+or :func:`track_of`) is
 every chunk in order with its 1-based inclusive bp span and its call (``None`` when unscored); the
 per-sequence call (:func:`call_track`) and the viral regions (:mod:`virnucpro.domain.regions`) are
 both read from it.
@@ -60,13 +61,17 @@ __all__ = [
     "FrameLabel",
     "SequenceCallLabel",
     "ChunkCall",
+    "CalledChunk",
     "TrackChunk",
     "RecordTrack",
     "SequenceCall",
     "frame_label",
     "chunk_id_of",
     "call_chunks",
+    "call_chunk_frames",
+    "sorted_chunk_calls",
     "build_track",
+    "track_from_calls",
     "track_of",
     "call_track",
     "call_sequence",
@@ -109,6 +114,14 @@ class ChunkCall:
     def score(self) -> float:
         """The chunk score (:func:`~virnucpro.domain.thresholds.chunk_score`), in [0, 1]."""
         return chunk_score(self.max_virus_score, self.max_others_score)
+
+
+@dataclass(frozen=True, slots=True)
+class CalledChunk:
+    """A chunk's call and its frame with the highest P(virus) (the first one on ties)."""
+
+    call: ChunkCall
+    best_frame_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +201,21 @@ def chunk_id_of(frame_id: str) -> str:
 
 def call_chunks(scores: Iterable[FrameScore]) -> list[ChunkCall]:
     """The original's per-chunk calls over all frame scores, sorted by chunk ID."""
+    return sorted_chunk_calls(call_chunk_frames(scores))
+
+
+def call_chunk_frames(scores: Iterable[FrameScore]) -> dict[str, CalledChunk]:
+    """Every chunk with a frame in ``scores``, called, by chunk ID (in the order first met); the
+    frames of a chunk are taken in the order given."""
     grouped: dict[str, list[FrameScore]] = {}
     for score in scores:
         grouped.setdefault(chunk_id_of(score.frame_id), []).append(score)
-    return [_call_chunk(chunk_id, grouped[chunk_id]) for chunk_id in sorted(grouped)]
+    return {chunk_id: _called(chunk_id, frames) for chunk_id, frames in grouped.items()}
+
+
+def sorted_chunk_calls(chunks: Mapping[str, CalledChunk]) -> list[ChunkCall]:
+    """The calls of ``chunks`` in the original table's order: by chunk ID, plain string order."""
+    return [chunks[chunk_id].call for chunk_id in sorted(chunks)]
 
 
 def build_track(
@@ -225,6 +249,31 @@ def build_track(
         ),
         description=description,
     )
+
+
+def track_from_calls(
+    record_id: str,
+    length: int,
+    chunks: Mapping[str, CalledChunk],
+    *,
+    chunk_length: int,
+    description: str = "",
+) -> RecordTrack:
+    """The track of one record from the called chunks of the run (:func:`call_chunk_frames`):
+    chunk ``k`` of the record is ``<record_id>_chunk_<k>``, unscored when ``chunks`` lacks it;
+    the spans follow from ``length`` and ``chunk_length``. The same track as
+    :func:`build_track` of the chunks' frames."""
+    track_chunks = []
+    for k, (start, end) in enumerate(chunk_spans(length, chunk_length), 1):
+        called = chunks.get(f"{record_id}_chunk_{k}")
+        track_chunks.append(
+            TrackChunk(index=k, start=start, end=end, call=None)
+            if called is None
+            else TrackChunk(index=k, start=start, end=end, call=called.call,
+                            best_frame_id=called.best_frame_id)
+        )
+    return RecordTrack(record_id=record_id, length=length, chunks=tuple(track_chunks),
+                       description=description)
 
 
 def track_of(
@@ -320,12 +369,16 @@ def _chunk_call(
     frame_ids: Sequence[str], scores: Mapping[str, FrameScore]
 ) -> tuple[ChunkCall, str]:
     """The chunk's call and its frame with the highest P(virus) (the first one on ties)."""
-    frame_scores = [_score_of(frame_id, scores) for frame_id in frame_ids]
+    called = _called(chunk_id_of(frame_ids[0]), [_score_of(frame_id, scores) for frame_id in frame_ids])
+    return called.call, called.best_frame_id
+
+
+def _called(chunk_id: str, frame_scores: Sequence[FrameScore]) -> CalledChunk:
     best = frame_scores[0]
     for score in frame_scores[1:]:
         if score.score_virus > best.score_virus:
             best = score
-    return _call_chunk(chunk_id_of(frame_ids[0]), frame_scores), best.frame_id
+    return CalledChunk(_call_chunk(chunk_id, frame_scores), best.frame_id)
 
 
 def _call(

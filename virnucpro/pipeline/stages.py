@@ -20,7 +20,13 @@ import numpy as np
 from virnucpro.config import RunConfig
 from virnucpro.domain.atomic import atomic_write_text
 from virnucpro.domain.calibration import calibrate_calls
-from virnucpro.domain.calls import SequenceCall, SequenceCallLabel, call_chunks, call_track
+from virnucpro.domain.calls import (
+    SequenceCall,
+    SequenceCallLabel,
+    call_chunk_frames,
+    call_track,
+    sorted_chunk_calls,
+)
 from virnucpro.domain.checksums import FileDigest, sha256_file
 from virnucpro.domain.fasta import check_input_file, read_fasta
 from virnucpro.domain.outputs import OutputPaths
@@ -320,12 +326,12 @@ def report_stage(prepared: PreparedSample, calling: CallSettings) -> ReportResul
             f"{paths.prediction_results}: wrote {n_written} rows for {prepared.n_frames} frames; "
             "delete the output directory and re-run"
         )
-    chunk_calls = call_chunks(all_scores)
+    called = call_chunk_frames(all_scores)  # once, for both the chunk table and the tracks
+    chunk_calls = sorted_chunk_calls(called)
     write_highest_score(paths.highest_score, chunk_calls)
-    by_id = {s.frame_id: s for s in all_scores}
     calls: list[SequenceCall] = []
     regions: list[Region] = []
-    for track in iter_tracks(read_records(paths), by_id, prepared.chunk_length):
+    for track in iter_tracks(read_records(paths), called, prepared.chunk_length):
         call = call_track(track, calling.thresholds)
         calls.append(call)
         regions.extend(find_regions(track, call, calling.thresholds, calling.regions))

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.domain.atomic import atomic_write_text
-from virnucpro.domain.calls import RecordTrack, build_track, chunk_id_of
+from virnucpro.domain.calls import CalledChunk, RecordTrack, track_from_calls
 from virnucpro.domain.outputs import OutputPaths
-from virnucpro.domain.records import FrameScore
 
 __all__ = [
     "RecordRow",
@@ -33,7 +32,6 @@ __all__ = [
     "write_descriptions",
     "read_descriptions",
     "read_records",
-    "frames_by_chunk",
     "iter_tracks",
 ]
 
@@ -75,22 +73,11 @@ def read_records(paths: OutputPaths) -> Iterator[RecordRow]:
             yield RecordRow(record_id, int(length), int(n_chunks), descriptions.get(record_id, ""))
 
 
-def frames_by_chunk(scores: Iterable[FrameScore]) -> dict[str, list[str]]:
-    """Chunk ID → its frame IDs, in the order given."""
-    grouped: dict[str, list[str]] = {}
-    for score in scores:
-        grouped.setdefault(chunk_id_of(score.frame_id), []).append(score.frame_id)
-    return grouped
-
-
 def iter_tracks(
-    rows: Iterable[RecordRow], scores: Mapping[str, FrameScore], chunk_length: int
+    rows: Iterable[RecordRow], chunks: Mapping[str, CalledChunk], chunk_length: int
 ) -> Iterator[RecordTrack]:
-    """The track of each record of ``rows`` (chunk ``k`` of record ``r`` is ``r_chunk_k``)."""
-    chunks = frames_by_chunk(scores.values())
+    """The track of each record of ``rows`` from the run's called chunks
+    (:func:`~virnucpro.domain.calls.call_chunk_frames` of its frame scores)."""
     for row in rows:
-        chunk_frame_ids = [chunks.get(f"{row.record_id}_chunk_{k}", []) for k in range(1, row.n_chunks + 1)]
-        yield build_track(
-            row.record_id, row.length, chunk_frame_ids, scores,
-            chunk_length=chunk_length, description=row.description,
-        )
+        yield track_from_calls(row.record_id, row.length, chunks, chunk_length=chunk_length,
+                               description=row.description)

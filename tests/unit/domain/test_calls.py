@@ -9,16 +9,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from virnucpro.domain.calls import (
+    CalledChunk,
     ChunkCall,
     FrameLabel,
     SequenceCall,
     SequenceCallLabel,
     build_track,
+    call_chunk_frames,
     call_chunks,
     call_sequence,
     call_sequences,
     chunk_id_of,
     frame_label,
+    sorted_chunk_calls,
+    track_from_calls,
     track_of,
 )
 from virnucpro.domain.prepare import iter_frames
@@ -192,6 +196,33 @@ def test_track_has_the_chunks_spans_and_calls() -> None:
     assert track.chunks[0].score == pytest.approx(0.5 + (0.8 - 0.9) / 2)
     assert [c.index for c in track.scored] == [1, 3]
     assert track.description == "a phage"
+
+
+def test_called_chunks_hold_each_chunks_call_and_best_frame_in_the_order_met() -> None:
+    called = call_chunk_frames(
+        [_score("b_chunk_1F1", 0.4), _score("a_chunk_1F1", 0.9), _score("b_chunk_1R2", 0.7),
+         _score("b_chunk_1R3", 0.7)]
+    )
+    assert list(called) == ["b_chunk_1", "a_chunk_1"]
+    assert called["b_chunk_1"] == CalledChunk(ChunkCall("b_chunk_1", True, 0.7, 0.6, 3), "b_chunk_1R2")
+    assert sorted_chunk_calls(called) == [called["a_chunk_1"].call, called["b_chunk_1"].call]
+
+
+@given(
+    st.integers(1, 2400),
+    st.lists(st.tuples(st.integers(1, 5), st.sampled_from(["F1", "F2", "R3"]),
+                       st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))),
+)
+def test_track_from_calls_is_build_track_of_the_chunks_frames(
+    length: int, rows: list[tuple[int, str, float]]
+) -> None:
+    """Scored and unscored chunks, ties for the best frame, frames of chunks past the record's."""
+    scores = {f"r_chunk_{k}{frame}": _score(f"r_chunk_{k}{frame}", v) for k, frame, v in rows}
+    n_chunks = -(-length // 500)
+    ids = [[i for i in scores if i[:-2] == f"r_chunk_{k}"] for k in range(1, n_chunks + 1)]
+    assert track_from_calls(
+        "r", length, call_chunk_frames(scores.values()), chunk_length=500, description="d"
+    ) == build_track("r", length, ids, scores, chunk_length=500, description="d")
 
 
 def test_track_needs_one_entry_per_chunk() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from virnucpro.domain.calls import RecordTrack, SequenceCall, SequenceCallLabel
+from virnucpro.domain.calls import RecordTrack, SequenceCall, SequenceCallLabel, call_chunk_frames
 from virnucpro.domain.outputs import OutputPaths
 from virnucpro.domain.regions import Region, RegionKind
 from virnucpro.domain.tables import iter_prediction_results, read_regions, read_sequence_calls
@@ -84,9 +84,9 @@ def _track_records(
 
 def _tracks(paths: OutputPaths, records: Sequence[SequenceCall], chunk_length: int) -> list[RecordTrack]:
     wanted = {f"{c.record_id}_chunk_{k}" for c in records for k in range(1, c.n_chunks + 1)}
-    scores = {s.frame_id: s for s in iter_prediction_results(paths.prediction_results, wanted)}
+    called = call_chunk_frames(iter_prediction_results(paths.prediction_results, wanted))
     rows = [RecordRow(c.record_id, c.length, c.n_chunks, c.description) for c in records]
-    return list(iter_tracks(rows, scores, chunk_length))
+    return list(iter_tracks(rows, called, chunk_length))
 
 
 # -- sections -----------------------------------------------------------------------------------

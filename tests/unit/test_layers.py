@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("flows", 0),
     ("virnucpro.cli", 1),
     ("virnucpro.progress_display", 1),  # the CLI's progress bar and lines
+    ("virnucpro.process_exit", 1),  # how the console entry point ends a finished command
     ("virnucpro.orchestration", 2),
     ("virnucpro.pipeline", 3),
     ("virnucpro.validation", 3),

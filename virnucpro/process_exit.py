@@ -19,6 +19,7 @@ Nothing is done at import time.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -38,10 +39,8 @@ def _flush(stream: object) -> None:
     flush = getattr(stream, "flush", None)
     if flush is None:
         return
-    try:
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing can reach it
         flush()
-    except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-        pass
 
 
 def exit_now(code: int = 0) -> NoReturn:

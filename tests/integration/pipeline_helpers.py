@@ -9,19 +9,21 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from virnucpro.config import DeviceKind, ModelPaths, RunConfig
 from virnucpro.domain.outputs import OutputPaths
 
 __all__ = [
     "SAMPLE_RECORDS", "SHARD_FRAMES", "write_sample", "cpu_config", "feature_matrix", "read_text", "proc_alive", "model_args",
-    "CliRun", "invoke_cli", "run_cli_process", "captured_logs", "copy_features",
+    "CliRun", "invoke_cli", "run_cli_process", "captured_logs", "copy_features", "copy_run",
+    "assert_same_tables", "rerun_changed", "finished_run_fixtures",
 ]
 
 SAMPLE_RECORDS = 16  # the session's sample: 38 frames, 5 shards of 8 (resume, faults, batches)
@@ -157,3 +159,50 @@ def copy_features(source_dir: Path, target_dir: Path) -> Path:
                     ignore=shutil.ignore_patterns(source.scores_dir.name, source.staging_dir.name,
                                                   source.done_marker.name))
     return target_dir
+
+
+def copy_run(finished: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run's output directory (outputs and work), as ``tmp_path/out``."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return out
+
+
+def assert_same_tables(out: Path, expected: Path, names: Sequence[str]) -> None:
+    """Each named table in ``out`` is byte for byte the one in ``expected``."""
+    for name in names:
+        assert (out / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+def rerun_changed(finished: Path, tmp_path: Path, change: Callable[[Path], None] | None,
+                  run: Callable[[Path], object], caplog, level: int = logging.INFO) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of the finished run, changed by ``change`` (given the copy's work directory; None:
+    left as it is), run again by ``run`` (given the copy) with virnucpro's logs at ``level`` in ``caplog``: the run
+    must succeed; returns the copy."""
+    out = copy_run(finished, tmp_path)
+    if change is not None:
+        change(OutputPaths.for_dir(out).work_dir)
+    with caplog.at_level(level, logger="virnucpro"):
+        result = run(out)
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    return out
+
+
+def finished_run_fixtures(predict: Callable[[Path, Path, object], object]):  # type: ignore[no-untyped-def]
+    """A test module's ``baseline`` (one finished ``predict(sample, out, demo_models)`` run, once
+    per module) and ``rerun`` fixtures (``rerun(change, level=INFO)``: :func:`rerun_changed` on a
+    copy of it, run again by the same ``predict``). Assign both at module level."""
+
+    @pytest.fixture(scope="module")
+    def baseline(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+        out = tmp_path_factory.mktemp("baseline")
+        result = predict(sample, out, demo_models)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        return out
+
+    @pytest.fixture
+    def rerun(baseline: Path, sample: Path, demo_models, tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+        return lambda change, level=logging.INFO: rerun_changed(
+            baseline, tmp_path, change, lambda out: predict(sample, out, demo_models), caplog, level)
+
+    return baseline, rerun

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.pipeline_helpers import cpu_config, write_sample
+from tests.integration.pipeline_helpers import (
+    assert_same_tables,
+    copy_run,
+    cpu_config,
+    finished_run_fixtures,
+    write_sample,
+)
 from virnucpro.cli import cli
 
 pytest.importorskip("torch")
@@ -44,12 +49,7 @@ def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
-@pytest.fixture(scope="module")
-def baseline(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("baseline")
-    result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    return out
+baseline, rerun = finished_run_fixtures(_predict)
 
 
 def _descriptions(out: Path) -> list[str]:
@@ -63,15 +63,8 @@ def test_the_baseline_has_every_description(baseline: Path) -> None:
                                        "NC_006494.1:6176-8413(-) len=2238"]
 
 
-def _copy(baseline: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(baseline, out)
-    return out
-
-
 def _assert_same_tables(out: Path, baseline: Path) -> None:
-    for name in TABLES:
-        assert (out / name).read_bytes() == (baseline / name).read_bytes(), name
+    assert_same_tables(out, baseline, TABLES)
 
 
 # -- damage to a prepared file after a run ---------------------------------------------------
@@ -95,84 +88,22 @@ def _edit_records(work: Path) -> None:
     path.write_text(path.read_text(encoding="utf-8").replace("\t842\t", "\t824\t"), encoding="utf-8")
 
 
-def _edit_shard_dna(work: Path) -> None:
-    """One base of one frame's DNA changed (same frames, same tokens), and that shard's DNABERT-S
-    features and scores removed, so a run computes them from the shard again."""
+def _edit_shard_during_run(work: Path) -> None:
+    """One base of the first shard's first frame's DNA changed (same frames, same tokens)."""
     path = work / "shards" / "shard_000000.tsv"
     lines = path.read_text(encoding="utf-8").split("\n")
     fields = lines[0].split("\t")
     fields[3] = ("C" if fields[3][0] != "C" else "G") + fields[3][1:]
     lines[0] = "\t".join(fields)
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _edit_shard_dna(work: Path) -> None:
+    """The shard edited as above, and that shard's DNABERT-S features and scores removed, so a
+    run computes them from the shard again."""
+    _edit_shard_during_run(work)
     (work / "features" / "dnabert" / "shard_000000.npz").unlink()
     (work / "scores" / "shard_000000.npz").unlink()
-
-
-DAMAGE = {
-    "emptied_descriptions": (_empty_descriptions, "descriptions.tsv is 0 bytes, not the "),
-    "deleted_descriptions": (_delete_descriptions, "descriptions.tsv is missing"),
-    "truncated_descriptions": (_truncate_descriptions, "descriptions.tsv is "),
-    "edited_records": (_edit_records, "records.tsv is not the file prepared (its SHA-256 changed"),
-    "edited_shard": (_edit_shard_dna, "shards/shard_000000.tsv is not the file prepared"),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_a_changed_prepared_file_redoes_the_preparation(  # type: ignore[no-untyped-def]
-    kind: str, baseline: Path, sample: Path, demo_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    damage, logged = DAMAGE[kind]
-    out = _copy(baseline, tmp_path)
-    damage(out / WORK)
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any(logged in m and "preparing" in m and "again" in m for m in warnings), warnings
-    assert "reusing the preparation" not in caplog.text
-    _assert_same_tables(out, baseline)
-    assert _descriptions(out) == _descriptions(baseline)
-
-
-def test_an_unchanged_preparation_is_reused(baseline: Path, sample: Path, demo_models, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                            caplog: pytest.LogCaptureFixture) -> None:
-    out = _copy(baseline, tmp_path)
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    assert "reusing the preparation" in caplog.text and "preparing" not in caplog.text
-    _assert_same_tables(out, baseline)
-
-
-def test_prepared_json_records_every_prepared_file(baseline: Path) -> None:
-    from virnucpro.domain.checksums import sha256_file
-
-    work = baseline / WORK
-    manifest = json.loads((work / "prepared.json").read_text())
-    shards = sorted(p.relative_to(work).as_posix() for p in (work / "shards").glob("*.tsv"))
-    assert sorted(manifest["files"]) == sorted(["records.tsv", "descriptions.tsv", *shards])
-    for name, recorded in manifest["files"].items():
-        assert recorded == {"size": (work / name).stat().st_size, "sha256": sha256_file(work / name)}
-
-
-# -- a work directory prepared before the digests (and before descriptions.tsv) --------------
-def test_an_old_work_dir_is_prepared_again_and_keeps_its_features(  # type: ignore[no-untyped-def]
-    baseline: Path, sample: Path, demo_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    out = _copy(baseline, tmp_path)
-    work = out / WORK
-    manifest = json.loads((work / "prepared.json").read_text())
-    del manifest["files"]
-    (work / "prepared.json").write_text(json.dumps(manifest, indent=1))
-    (work / "descriptions.tsv").unlink()
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    assert "prepared.json records no size and SHA-256 of the prepared files" in caplog.text
-    _assert_same_tables(out, baseline)
-    assert _descriptions(out) == _descriptions(baseline)
-    info = json.loads((out / "run_info.json").read_text())
-    assert all(stage["shards_skipped"] == stage["shards_total"] for stage in info["stages"])  # features kept
 
 
 # -- a damaged prepared.json ------------------------------------------------------------------
@@ -193,27 +124,41 @@ def _wrong_chunk_count(manifest: dict) -> str:
     return json.dumps({**manifest, "n_chunks": manifest["n_chunks"] + 1})
 
 
-MANIFESTS = {
-    "wrong_chunk_count": (_wrong_chunk_count, "chunks and "),
-    "not_an_object": (_not_an_object, "prepared.json is not a preparation record"),
-    "bad_shard_list": (_bad_shard_list, "prepared.json is malformed"),
-    "bad_files": (_bad_files, "prepared.json is malformed"),
+def _rewriting(rewrite):  # type: ignore[no-untyped-def]
+    """A change of the work directory that rewrites its prepared.json with ``rewrite``."""
+    def change(work: Path) -> None:
+        path = work / "prepared.json"
+        path.write_text(rewrite(json.loads(path.read_text())))
+    return change
+
+
+AGAIN = ("preparing", "again")
+CHANGES = {  # kind: (the change of the finished run's work directory, what one warning says)
+    "emptied_descriptions": (_empty_descriptions, ("descriptions.tsv is 0 bytes, not the ", *AGAIN)),
+    "deleted_descriptions": (_delete_descriptions, ("descriptions.tsv is missing", *AGAIN)),
+    "truncated_descriptions": (_truncate_descriptions, ("descriptions.tsv is ", *AGAIN)),
+    "edited_records": (_edit_records, ("records.tsv is not the file prepared (its SHA-256 changed", *AGAIN)),
+    "edited_shard": (_edit_shard_dna, ("shards/shard_000000.tsv is not the file prepared", *AGAIN)),
+    "wrong_chunk_count": (_rewriting(_wrong_chunk_count), ("chunks and ", *AGAIN)),
+    "manifest_not_an_object": (_rewriting(_not_an_object), ("prepared.json is not a preparation record",)),
+    "manifest_bad_shard_list": (_rewriting(_bad_shard_list), ("prepared.json is malformed", *AGAIN)),
+    "manifest_bad_files": (_rewriting(_bad_files), ("prepared.json is malformed", *AGAIN)),
 }
 
 
-@pytest.mark.parametrize("kind", sorted(MANIFESTS))
-def test_a_malformed_prepared_json_is_prepared_again(  # type: ignore[no-untyped-def]
-    kind: str, baseline: Path, sample: Path, demo_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("kind", sorted(CHANGES))
+def test_a_changed_preparation_is_prepared_again(  # type: ignore[no-untyped-def]
+    kind: str, rerun, baseline: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rewrite, logged = MANIFESTS[kind]
-    out = _copy(baseline, tmp_path)
-    path = out / WORK / "prepared.json"
-    path.write_text(rewrite(json.loads(path.read_text())))
-    with caplog.at_level(logging.INFO, logger="virnucpro"):
-        result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    assert logged in caplog.text
+    """A prepared file or prepared.json changed since the run: the resumed run says which and
+    why, prepares again, and its outputs are the clean run's (descriptions and input record too)."""
+    change, said = CHANGES[kind]
+    out = rerun(change)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(all(part in m for part in said) for m in warnings), warnings
+    assert "reusing the preparation" not in caplog.text
     _assert_same_tables(out, baseline)
+    assert _descriptions(out) == _descriptions(baseline)
     run_input = json.loads((out / "run_info.json").read_text())["input"]
     assert run_input == json.loads((baseline / "run_info.json").read_text())["input"]
 
@@ -237,15 +182,6 @@ class _DamageAfterPrepare:
 
     def start(self, step, *args):  # type: ignore[no-untyped-def]
         return self.direct.start(step, *args)
-
-
-def _edit_shard_during_run(work: Path) -> None:
-    path = work / "shards" / "shard_000000.tsv"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    fields = lines[0].split("\t")
-    fields[3] = ("C" if fields[3][0] != "C" else "G") + fields[3][1:]
-    lines[0] = "\t".join(fields)
-    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 DURING = {

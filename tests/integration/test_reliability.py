@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.pipeline_helpers import proc_alive, write_sample
+from tests.integration.pipeline_helpers import (
+    assert_same_tables,
+    copy_run,
+    proc_alive,
+    finished_run_fixtures,
+    write_sample,
+)
 from virnucpro.cli import cli
 from virnucpro.domain import atomic
 
@@ -53,23 +59,11 @@ def sample(golden_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
-@pytest.fixture(scope="module")
-def baseline(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("baseline")
-    result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def _copy(baseline: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(baseline, out)
-    return out
+baseline, rerun = finished_run_fixtures(_predict)
 
 
 def _assert_same_tables(out: Path, baseline: Path) -> None:
-    for name in TABLES:
-        assert (out / name).read_bytes() == (baseline / name).read_bytes(), name
+    assert_same_tables(out, baseline, TABLES)
 
 
 # -- item 2: IDs are whatever the FASTA holds --------------------------------------------------
@@ -117,15 +111,10 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_a_damaged_work_file_is_recomputed(  # type: ignore[no-untyped-def]
-    kind: str, baseline: Path, sample: Path, demo_models, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_damaged_work_file_is_recomputed(kind: str, rerun, baseline: Path,  # type: ignore[no-untyped-def]
+                                            caplog: pytest.LogCaptureFixture) -> None:
     damage, logged = DAMAGE[kind]
-    out = _copy(baseline, tmp_path)
-    damage(out / ".virnucpro_work")
-    with caplog.at_level(logging.WARNING, logger="virnucpro"):
-        result = _predict(sample, out, demo_models)
-    assert result.exit_code == 0, result.output
+    out = rerun(damage, logging.WARNING)
     assert logged in caplog.text
     _assert_same_tables(out, baseline)
 
@@ -171,7 +160,7 @@ def test_a_full_disk_at_each_write_site_is_exit_5(  # type: ignore[no-untyped-de
     site: str, baseline: Path, sample: Path, demo_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pattern, from_baseline = SITES[site]
-    out = _copy(baseline, tmp_path) if from_baseline else tmp_path / "out"
+    out = copy_run(baseline, tmp_path) if from_baseline else tmp_path / "out"
     if site == "score_file":
         shutil.rmtree(out / ".virnucpro_work" / "scores")
     _disk_full_at(monkeypatch, pattern)

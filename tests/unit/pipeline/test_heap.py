@@ -119,8 +119,8 @@ def test_nested_pauses_end_with_the_outermost() -> None:
     gc.enable()
     with collection_paused():
         with collection_paused():
-            pass
-        assert not gc.isenabled()
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause ended; the outer one still holds
     assert gc.isenabled()
 
 

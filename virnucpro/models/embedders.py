@@ -41,7 +41,7 @@ from virnucpro.config import Precision
 from virnucpro.errors import ModelLoadError
 from virnucpro.models.fast.compiled import compile_default
 from virnucpro.models.fast.dnabert import FastDnabert
-from virnucpro.models.fast.esm2 import FastEsm2
+from virnucpro.models.fast.esm2 import WARM_DEPTH, FastEsm2
 from virnucpro.models.fast.fp8 import FAST_ACCUM, ROUNDING, Fp8Rounding, fp8_device_problem
 from virnucpro.models.fast.packing import PackedBatch, pack_rows
 from virnucpro.models.kernels.alibi_varlen import triton_alibi_available
@@ -424,9 +424,10 @@ class Esm2Embedder(_Embedder[FastEsm2]):
         """Trigger compilation at load time, on batches of about ``max_tokens`` tokens.
 
         Padded batches: one of equal lengths (no mask), one mixed (the two compiled graphs).
-        Packed batches have one graph whatever the lengths: the mixed batch alone. The compiled
-        kernels are tuned for the sizes of their first call, so a worker warms up with batches
-        of realistic size. Returns the seconds of each step (:func:`_timed_steps`).
+        Packed batches have one graph whatever the lengths: the mixed batch alone, through the
+        first layers only (:meth:`_warm_batch`). The compiled kernels are tuned for the sizes of
+        their first call, and cuBLAS picks its kernels by the GEMMs' sizes, so a worker warms up
+        with batches of realistic size. Returns the seconds of each step (:func:`_timed_steps`).
         """
         rng = np.random.default_rng(0)
         residues = list("ACDEFGHIKLMNPQRSTVWY")
@@ -436,9 +437,21 @@ class Esm2Embedder(_Embedder[FastEsm2]):
         steps: dict[str, Callable[[], object]] = {}
         if not self.packed:
             steps["equal-length batch"] = lambda: self.embed(same)
-        steps["batch"] = lambda: self.embed(mixed)
+        steps["batch"] = lambda: self._warm_batch(mixed)
         steps["self-check"] = lambda: self.check_packed(mixed[-3:] + same[:2] + [same[2 % n][:40]])
         return _timed_steps(steps)
+
+    def _warm_batch(self, proteins: list[str]) -> torch.Tensor:
+        """The warm-up batch: packed, through the first :data:`~virnucpro.models.fast.esm2.WARM_DEPTH`
+        layers only (every kernel of a whole forward, at the batch's sizes, for a fraction of its
+        arithmetic); a padded batch runs whole (its compiled layer is sized by that call)."""
+        rows = self.encode(proteins)
+        runner = self.runner
+        if runner is not None:
+            mean = self.packing.run(rows, self.device, lambda batch: runner.embed_packed(batch, depth=WARM_DEPTH))
+            if mean is not None:
+                return _finish(mean).result()
+        return self.submit(rows).result()
 
 
 def load_dnabert_embedder(

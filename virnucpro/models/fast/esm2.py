@@ -48,6 +48,7 @@ from virnucpro.models.reference.esm2 import MASK_RATIO_TRAIN, Esm2Encoder, apply
 
 __all__ = [
     "FastEsm2",
+    "WARM_DEPTH",
     "esm_layer",
     "esm_attention_inputs",
     "esm_attention_output",
@@ -159,6 +160,14 @@ def esm_layer(
     )
     x, h = esm_attention_output(x, context.transpose(1, 2).reshape(batch, length, dim), wo, bo, ln2_w, ln2_b, eps)
     return esm_ffn_down(x, esm_ffn_up(h, w1, b1), w2, b2)
+
+
+WARM_DEPTH = 2
+"""Layers of a packed warm-up batch (:meth:`FastEsm2.forward_packed`'s ``depth``): the first
+layer, then one with the final norm, so every kernel and specialisation of the whole forward is
+loaded. The 36-layer model's whole forward of the 65,536-token warm-up batch cost ~0.64 s of
+GPU time in fp16 (1.28 s per 131k tokens, ``docs/bench-results/2026-12-03-h200-run-p1-probe.md``),
+spent between the run's first DNABERT-S shards."""
 
 
 class FastEsm2:
@@ -311,26 +320,35 @@ class FastEsm2:
             x = x * ((1 - MASK_RATIO_TRAIN) / (1 - observed))[batch.seq_index].unsqueeze(-1)
         return x
 
-    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch, *, depth: int | None = None) -> torch.Tensor:
         """Last-layer representation ``[N, D]`` fp32 of a packed batch (see :mod:`.packing`).
 
         Per layer: q/k/v GEMM, rotary (compiled), flash varlen attention, out-proj GEMM, residual
         + norm (:func:`~virnucpro.models.kernels.add_norm.add_layer_norm`, one pass), fc1
         (+GELU), fc2, residual + the NEXT layer's norm (the final norm after the last layer).
+
+        ``depth``: the model cut to its first ``depth`` layers (then the final norm). Every kernel
+        of the whole forward runs, at this batch's sizes, for ``depth / layers`` of the arithmetic:
+        what a warm-up needs (:data:`WARM_DEPTH`).
         """
         with torch.no_grad():
-            x, h, cos, sin, norms = self._packed_start(batch)
+            x, h, cos, sin, norms = self._packed_start(batch, depth)
             if self.fp8:
                 return self._forward_packed_fp8(x, self._quantize(h), cos, sin, batch, norms)
             return self._layers(x, h.to(self.dtype), cos, sin, batch, norms, self.packed_ffn_up)
 
-    def _packed_start(self, batch: PackedBatch) -> tuple[torch.Tensor, ...]:
+    def _packed_start(self, batch: PackedBatch, depth: int | None = None) -> tuple[torch.Tensor, ...]:
         """A packed batch's residual stream ``x``, first norm ``h`` (fp32), rotary tables per row
-        and the norm after each layer (the next layer's; the final norm after the last)."""
+        and the norm after each layer to run (the next layer's; the final norm after the last).
+        The layer loops stop with this list: ``depth`` layers, every layer when None."""
+        layers = len(self.layer_args)
+        depth = layers if depth is None else depth
+        if not 1 <= depth <= layers:
+            raise ValueError(f"depth {depth}: this ESM-2 has {layers} layers")
         x = self.embed_packed_input(batch).to(self.residual_dtype).contiguous()
         cos, sin = self._tables(batch.max_length)
         final = self.encoder.emb_layer_norm_after
-        norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:]]
+        norms = [(a[0], a[1], self.eps) for a in self.layer_args[1:depth]]
         norms.append((final.weight, final.bias, float(final.eps)))
         ln1_w, ln1_b = self.layer_args[0][:2]
         h = F.layer_norm(x.float(), (x.shape[1],), ln1_w, ln1_b, self.eps)
@@ -446,7 +464,8 @@ class FastEsm2:
             return rotary_qk(qkv, cos, sin, self.scaling)
         return self.packed_rotary(qkv, cos, sin, self.scaling)
 
-    def embed_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """Mean over residues (BOS/EOS left out) per sequence, fp32 ``[B, D]``."""
-        return pool_packed(self.forward_packed(batch), batch)
+    def embed_packed(self, batch: PackedBatch, *, depth: int | None = None) -> torch.Tensor:
+        """Mean over residues (BOS/EOS left out) per sequence, fp32 ``[B, D]`` (``depth``: see
+        :meth:`forward_packed`)."""
+        return pool_packed(self.forward_packed(batch, depth=depth), batch)
 

@@ -182,3 +182,41 @@ def test_gpu_fused_gelu_agrees(esm_head64: Path) -> None:
     fused = Esm2Embedder(model, fast=True, packed=True, fused_gelu=True)
     got = fused.embed(PROTEINS * 3)
     assert fused.packed and float(F.cosine_similarity(got, ref).min()) > 0.999
+
+
+def test_packed_depth_is_the_model_cut_to_its_first_layers(tmp_path: Path) -> None:
+    import copy
+
+    from virnucpro.models.demo import write_esm2_checkpoint
+
+    spec = Esm2Spec("esm2_t4_tiny", num_layers=4, embed_dim=40, attention_heads=5)
+    model = load_esm2(write_esm2_checkpoint(tmp_path / "esm2_t4_tiny.pt", spec, seed=3), CPU, torch.float32)
+    batch = pack_rows([model.alphabet.encode(p) for p in PROTEINS], CPU)
+    whole = FastEsm2(model).forward_packed(batch)
+    for depth in (1, 2, 4):
+        cut = copy.deepcopy(model)
+        cut.layers = cut.layers[:depth]
+        want = FastEsm2(cut).forward_packed(batch)
+        got = FastEsm2(model).forward_packed(batch, depth=depth)
+        assert float((got - want).abs().max()) < 1e-5, depth
+        assert (depth == 4) == bool(float((got - whole).abs().max()) < 1e-6)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="this ESM-2 has 4 layers"):
+            FastEsm2(model).forward_packed(batch, depth=bad)
+
+
+def test_packed_warm_up_batch_runs_the_first_layers_only(tmp_path: Path) -> None:
+    from virnucpro.models.demo import write_esm2_checkpoint
+    from virnucpro.models.fast.esm2 import WARM_DEPTH
+
+    spec = Esm2Spec("esm2_t6_tiny", num_layers=6, embed_dim=40, attention_heads=5)
+    model = load_esm2(write_esm2_checkpoint(tmp_path / "esm2_t6_tiny.pt", spec, seed=5), CPU, torch.float32)
+    embedder = Esm2Embedder(model, fast=True, compile=True, packed=True)
+    for fn in embedder.runner.compiled_functions:
+        fn.backend = "aot_eager"
+    steps = embedder.warmup(1024)
+    assert set(steps) == {"batch", "self-check"} and embedder.packed
+    # the rotary step runs once per layer: the warm-up batch WARM_DEPTH layers, the self-check's
+    # packed batch every layer (it is compared with the plain module's whole forward)
+    assert WARM_DEPTH < spec.num_layers
+    assert embedder.runner.packed_rotary.calls == WARM_DEPTH + spec.num_layers

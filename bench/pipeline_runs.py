@@ -347,11 +347,12 @@ class PipelineSections:
                "--classifier", str(self.paths["classifier"]), "--persistent-models", "--no-resume",
                "--shard-frames", str(self.args.shard_frames), "-v"]  # -v: each shard's line, timed
         walls = []
-        for _ in range(max(1, self.args.process_runs)):  # the same command again: the run-to-run spread
+        for run in range(max(1, self.args.process_runs)):  # the same command again: the run-to-run spread
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             walls.append(time.perf_counter() - t)
+            (self.out / f"process-run-{run + 1}.log").write_text(proc.stderr)  # every line, -v's too
             if proc.returncode:
                 break
         wall = statistics.median(walls)

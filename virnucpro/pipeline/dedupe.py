@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -265,8 +266,11 @@ class Expansion:
                 if shard.shard_id not in self._computed or not self._needs[shard.shard_id] <= self._complete:
                     continue
                 if unique.needs_expanding:
+                    started = time.perf_counter()
                     expand(self.stage, unique, self.paths, self.sources)
                     self.expanded += 1
+                    logger.debug("%s: %s's duplicates' rows written in %.3f s", self.stage.label, shard.name,
+                                 time.perf_counter() - started)
                 self._complete.add(shard.name)
                 self._pending.remove(unique)
                 progress = True

@@ -188,8 +188,10 @@ class _ScoringBeside:
                 keys = {stage.value: settled_key(self.prepared.paths.features_dir / stage.value,
                                                  models[stage].weights_file) for stage in FEATURE_STAGES}
                 self.scorer = ShardScorer(self.prepared, self.plan.models.classifier.path, keys)
+            started = time.perf_counter()
             self.scorer.score(shard)
             self.scored += 1
+            logger.debug("%s scored beside the stage in %.3f s", shard.name, time.perf_counter() - started)
         except Exception as exc:  # the classify step meets the same error and reports it
             logger.debug("%s: not scored beside the stage (%s); the classify step will", shard.name, exc)
 

@@ -46,7 +46,8 @@ PHASES = {
     "plan": "finding done shards and duplicates",
     "workers": "waiting for the workers' start",
     "stage_end": "ending the stage on the workers",
-    "finish": "writing duplicates' rows and checking the files",
+    "last_shards": "writing the last shards' duplicates' rows and scores",
+    "finish": "checking the files",
 }
 """The steps of a stage outside its embedding (``StageReport.phase_seconds``), in the closing line's words."""
 
@@ -267,6 +268,8 @@ class BatchQueueManager:
         for future in expanding:
             future.result()  # an unreadable file found while expanding fails the stage here
         expansion.finish()
+        phases["last_shards"] = time.perf_counter() - finishing
+        finishing = time.perf_counter()
         added = dedupe.add_to_cache(cache, planned) if cache is not None else 0
         if planned:
             dedupe.remove_unique(paths, stage)

@@ -76,3 +76,18 @@ def test_a_shard_that_fails_beside_the_stage_is_scored_by_the_classify_step(
     reference = run_prediction(cpu_config(sample, tmp_path / "ref", demo_models, shard_frames=6))
     assert reference.classify.shards_skipped == 0
     assert _tables(tmp_path / "out") == _tables(tmp_path / "ref")
+
+
+def test_shards_are_computed_and_scored_in_shard_order(
+    sample: Path, demo_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    # a duplicate's row comes from an earlier shard, so a shard computed before an earlier one
+    # waits for it to be expanded and scored: in shard order each is scored as it is computed
+    scored: list[str] = []
+    real = ShardScorer.score
+    monkeypatch.setattr(ShardScorer, "score", lambda self, shard: (scored.append(shard.name), real(self, shard))[1])
+    result = run_prediction(cpu_config(sample, tmp_path / "out", demo_models, shard_frames=6))
+    shards = list(result.prepared.shards)
+    by_tokens = [s.name for s in sorted(shards, key=lambda s: -s.n_tokens)]
+    assert by_tokens != [s.name for s in shards]  # largest first would be another order here
+    assert scored == [s.name for s in shards]

@@ -7,8 +7,13 @@ original's behaviour) a per-stage lease (each stage starts workers that load onl
 shut down, releasing the model and its GPU memory, when the stage ends). A caller that keeps a pool
 across samples passes its own ``lease`` (e.g. a night's pool lent to each sample).
 
-Shards are submitted largest first and pulled by whichever worker is idle, so work is balanced by
-token count, not by file count. Shards whose feature file is already complete are skipped
+Shards are submitted in shard order and pulled by whichever worker is idle. Shard order, not
+largest first: a duplicate's row comes from an earlier shard, so a shard's full feature file (and
+its scores beside the ESM-2 stage) can be written only once every earlier shard it copies from is
+complete. Computed out of order, those shards waited for the last one and were all expanded and
+scored after the GPU was done (0.5 s of a 20,000-chunk run on an H200, run P2 in
+``docs/benchmarks.md``); in order, only the last shard is. Shards hold the same number of frames,
+the last one fewer, so the last work handed out is the smallest either way. Shards whose feature file is already complete are skipped
 (resume). A frame whose model input (DNA, protein) an earlier frame of the run already has is not
 computed again: the workers get each shard's first occurrences only, and its full feature file is
 written from them (:mod:`~virnucpro.pipeline.dedupe`). After a stage every shard's file is checked:
@@ -312,8 +317,7 @@ class BatchQueueManager:
     ) -> list[TaskDone]:
         """Run ``todo`` (shard, feature file) on ``pool``; ``on_done`` gets each shard as its
         file is written."""
-        ordered = sorted(todo, key=lambda job: -job[0].n_tokens)  # largest first: balanced finish
-        futures: dict[Future, Shard] = {pool.submit(stage, s.path, out): s for s, out in ordered}
+        futures: dict[Future, Shard] = {pool.submit(stage, s.path, out): s for s, out in todo}  # shard order
         dones: list[TaskDone] = []
         remaining = set(futures)
         last_report = time.perf_counter()

@@ -38,7 +38,7 @@ from virnucpro.domain.disk import disk_error
 from virnucpro.errors import DiskError
 from virnucpro.pipeline.budget import batch_budget, warmup_tokens
 from virnucpro.pipeline.embedding import EmbeddingRunner
-from virnucpro.pipeline.heap import settle_heap
+from virnucpro.pipeline.heap import freeze_heap, settle_heap
 from virnucpro.pipeline.memory import process_peak_rss_mib, reset_process_peak_rss
 from virnucpro.pipeline.messages import (
     BatchDone,
@@ -113,7 +113,10 @@ class _OomAbove:
 
 
 class _Worker:
-    def __init__(self, name: str, spec: WorkerSpec, results: Any) -> None:
+    def __init__(self, name: str, spec: WorkerSpec, results: Any, *, collect_at_stage_end: bool = False) -> None:
+        """``collect_at_stage_end``: a model's warm-up freezes the heap without collecting it, and
+        the collection runs at the next stage's end (:func:`~virnucpro.pipeline.heap.freeze_heap`):
+        a GPU worker of a run's own start, whose warm-ups are on the run's critical path."""
         import torch
 
         self.torch = torch
@@ -136,6 +139,8 @@ class _Worker:
         self.load_seconds: dict[str, float] = {}
         self.compile_seconds: dict[str, float] = {}
         self.warmup_steps: dict[str, dict[str, float]] = {}  # per model: each warm-up step's seconds
+        self.collect_at_stage_end = collect_at_stage_end
+        self.collection_due = False  # frozen uncollected since a warm-up: collected at a stage's end
         if spec.on_gpu:
             torch.cuda.set_device(self.device)
 
@@ -231,7 +236,11 @@ class _Worker:
             if self.spec.on_gpu:
                 self.torch.cuda.synchronize(self.device)
         self.embedders[stage] = embedder
-        settle_heap()  # a full collection in a stage would stall the GPU queue (see heap.py)
+        if self.collect_at_stage_end:
+            freeze_heap()  # collected at the stage's end, while the parent plans the next one
+            self.collection_due = True
+        else:
+            settle_heap()  # a full collection in a stage would stall the GPU queue (see heap.py)
         if not counted:
             self.model_loads[stage.value] += 1
         self.load_seconds[stage.value] = loaded - started
@@ -376,9 +385,15 @@ class _Worker:
         self.drain()
         peak = self.peak_mib()
         if message.release:
-            self.release(message.stage)
+            self.release(message.stage)  # collects too
         else:
+            if self.collection_due:
+                started = time.perf_counter()
+                settle_heap(released=True)  # what the warm-ups froze uncollected
+                logger.debug("%s: heap collected at the %s stage's end in %.2f s", self.name,
+                             message.stage, time.perf_counter() - started)
             self._empty_cache()
+        self.collection_due = False
         allocated = reserved = 0.0
         if self.spec.on_gpu:
             allocated = self.torch.cuda.memory_allocated(self.device) / 2**20
@@ -428,7 +443,7 @@ def worker_main(name: str, spec: WorkerSpec, tasks: Any, results: Any, warm_firs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the workers
     logging.basicConfig(level=os.environ.get("VIRNUCPRO_WORKER_LOG_LEVEL", "WARNING"))
     try:
-        worker = _Worker(name, spec, results)
+        worker = _Worker(name, spec, results, collect_at_stage_end=warm_first_only and spec.on_gpu)
         started = time.perf_counter()
         worker.load_all(tuple(spec.preload), warm_first_only=warm_first_only)
         device_name = "cpu"

@@ -1,5 +1,5 @@
-"""settle_heap: the worker collects once after loading a model, then freezes the heap;
-collection_paused: the collector off for a block, then as it was."""
+"""settle_heap: the worker collects once after loading a model, then freezes the heap (a GPU
+worker of a run's own start: freezes at once, collects at the first stage's end); collection_paused: the collector off for a block, then as it was."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.config import Precision
-from virnucpro.pipeline.heap import collection_paused, settle_heap
+from virnucpro.pipeline.heap import collection_paused, freeze_heap, settle_heap
 
 
 class _Node:
@@ -84,6 +84,38 @@ def test_worker_settles_after_load_and_frees_a_released_model(demo_models, tmp_p
     del embedder, holder
     worker.release(FeatureStage.DNABERT)
     assert model() is None  # released: unfrozen and collected
+
+
+def test_freeze_heap_keeps_garbage_until_a_full_settle() -> None:
+    garbage = _Node()
+    dead = weakref.ref(garbage)
+    del garbage
+    assert freeze_heap() == gc.get_freeze_count() > 0
+    gc.collect()
+    assert dead() is not None  # frozen uncollected: out of every collection's view
+    settle_heap(released=True)
+    assert dead() is None
+
+
+@pytest.mark.parametrize("at_stage_end", [False, True])
+def test_a_run_start_worker_collects_at_the_stage_end(demo_models, at_stage_end: bool) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.pipeline.messages import StageEnd, WorkerSpec
+    from virnucpro.pipeline.stage import FeatureStage
+    from virnucpro.pipeline.worker import _Worker
+
+    spec = WorkerSpec(dnabert_path=demo_models.dnabert, esm_path=demo_models.esm, precision=Precision.FP32,
+                      on_gpu=False, preload=())
+    worker = _Worker("w0", spec, queue.Queue(), collect_at_stage_end=at_stage_end)
+    gc.unfreeze()
+    gc.disable()  # no automatic collection meanwhile: only the worker's own
+    garbage = _Node()  # a cycle left behind before the warm-up, as loading leaves some
+    dead = weakref.ref(garbage)
+    del garbage
+    worker.load(FeatureStage.DNABERT)
+    assert worker.collection_due is at_stage_end
+    assert (dead() is not None) is at_stage_end  # the warm-up only froze it
+    worker.end_stage(StageEnd(FeatureStage.DNABERT, release=False))
+    assert dead() is None and not worker.collection_due  # collected by the stage's end at the latest
 
 
 def test_collection_paused_turns_the_collector_off_and_back_on() -> None:

@@ -96,3 +96,30 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- xdist: the orchestration package in one test process ------------------------------------
+
+
+def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
+    """``--dist loadfile``, except that tests/integration/orchestration/ is ONE work unit.
+
+    Its modules share one package-scoped Prefect server (its conftest.py). Spread file by file over
+    the test processes, each process that ran one of them started a server of its own, and a
+    process that ran them apart (another file in between) started it again: three servers in a
+    CI run, each ~16 s of CPU to migrate and start. As one unit, one process runs the package's
+    files back to back and the server starts once. Other ``--dist`` modes: xdist's own scheduler.
+    """
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _PackageAsOneFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return ORCHESTRATION_PACKAGE if path.startswith(ORCHESTRATION_PACKAGE + "/") else path
+
+    return _PackageAsOneFile(config, log)
+
+
+ORCHESTRATION_PACKAGE = "tests/integration/orchestration"

@@ -71,10 +71,12 @@ def test_sample_is_real_mixed_and_deterministic(rb) -> None:  # type: ignore[no-
 def test_whole_run_on_cpu_with_tiny_models(rb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     rb.main([
-        "--out", str(out), "--device", "cpu", "--tiny", "--n-chunks", "60", "--small-chunks", "15",
-        "--n-samples", "1", "--precision-frames", "12", "--baseline-frames", "8", "--esm-frames", "40",
+        # the smallest samples that still run every section as on the GPU: 36 chunks are the
+        # 10 fragments the duplicates part needs for its 30% (fewer and it takes more than 30%)
+        "--out", str(out), "--device", "cpu", "--tiny", "--n-chunks", "36", "--small-chunks", "5",
+        "--n-samples", "1", "--precision-frames", "12", "--baseline-frames", "8", "--esm-frames", "16",
         "--dnabert-repeat", "1", "--variant-divisor", "4", "--quick-baseline", "--time-limit", "600",
-        "--golden-dir", str(tmp_path / "no-golden"), "--batch-samples", "2", "--batch-chunks", "10",
+        "--golden-dir", str(tmp_path / "no-golden"), "--batch-samples", "2", "--batch-chunks", "5",
         "--process-runs", "2",
     ])
     result = json.loads((out / "bench.json").read_text())

@@ -47,13 +47,21 @@ def assert_tables_match(one: Path, other: Path) -> None:
                     assert a == b, (name, left, right)
 
 
-def test_duplicates_are_computed_once_and_outputs_are_unchanged(sample: Path, demo_models, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    deduped = run_prediction(cpu_config(sample, tmp_path / "on", demo_models, shard_frames=7, persistent_models=True))
+@pytest.fixture(scope="module")
+def deduped_run(sample: Path, demo_models, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One run with duplicates computed once (the default), only read by the tests: (result, its
+    output dir)."""
+    out = tmp_path_factory.mktemp("dedupe") / "on"
+    return run_prediction(cpu_config(sample, out, demo_models, shard_frames=7, persistent_models=True)), out
+
+
+def test_duplicates_are_computed_once_and_outputs_are_unchanged(sample: Path, demo_models, deduped_run, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    deduped, on_dir = deduped_run
     monkeypatch.setattr(dedupe, "DEDUPE", False)
     every = run_prediction(cpu_config(sample, tmp_path / "off", demo_models, shard_frames=7, persistent_models=True))
-    assert_tables_match(tmp_path / "on", tmp_path / "off")
+    assert_tables_match(on_dir, tmp_path / "off")
     for stage in ("dnabert", "esm"):
-        on, off = feature_matrix(tmp_path / "on", stage), feature_matrix(tmp_path / "off", stage)
+        on, off = feature_matrix(on_dir, stage), feature_matrix(tmp_path / "off", stage)
         assert on.keys() == off.keys()
         for frame_id, row in off.items():
             np.testing.assert_allclose(on[frame_id], row, rtol=0, atol=1e-6)
@@ -61,16 +69,16 @@ def test_duplicates_are_computed_once_and_outputs_are_unchanged(sample: Path, de
             if frame_id.startswith("copy"):
                 original = frame_id.split("_", 1)[1]
                 assert np.array_equal(on[frame_id], on[original]), (stage, frame_id)
-    assert not (tmp_path / "on" / ".virnucpro_work" / "features" / "esm" / "unique").exists()
+    assert not (on_dir / ".virnucpro_work" / "features" / "esm" / "unique").exists()
     for on_stage, off_stage in zip(deduped.stages, every.stages, strict=True):
         assert off_stage.duplicate_frames == 0
         assert on_stage.duplicate_frames > 0 and on_stage.frames == off_stage.frames
         assert on_stage.tokens < off_stage.tokens  # the duplicates' tokens were never computed
-    info = json.loads((tmp_path / "on" / "run_info.json").read_text())
+    info = json.loads((on_dir / "run_info.json").read_text())
     assert [s["duplicate_frames"] for s in info["stages"]] == [s.duplicate_frames for s in deduped.stages]
 
 
-def test_a_run_stopped_before_expanding_resumes_without_recomputing(sample: Path, demo_models, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_stopped_before_expanding_resumes_without_recomputing(sample: Path, demo_models, deduped_run, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     config = cpu_config(sample, tmp_path / "out", demo_models, shard_frames=7, persistent_models=True)
 
     def stopped(*args: object) -> None:
@@ -83,5 +91,5 @@ def test_a_run_stopped_before_expanding_resumes_without_recomputing(sample: Path
     resumed = run_prediction(config)
     assert resumed.stages[0].tokens == 0  # DNABERT-S: every unique embedding was on disk
     assert resumed.stages[0].duplicate_frames > 0
-    run_prediction(cpu_config(sample, tmp_path / "fresh", demo_models, shard_frames=7, persistent_models=True))
-    assert _tables(tmp_path / "out") == _tables(tmp_path / "fresh")
+    _, fresh = deduped_run  # a fresh run of the same config, never stopped
+    assert _tables(tmp_path / "out") == _tables(fresh)

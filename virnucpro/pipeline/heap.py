@@ -45,8 +45,9 @@ def settle_heap(*, released: bool = False) -> int:
 def freeze_heap() -> int:
     """:func:`settle_heap` without its collection: every object, garbage too, out of the
     collector's view at once. For a worker's start, where the walk (~0.2 s on an H200 host, run
-    M2 in docs/benchmarks.md) would delay the run's first stage: the worker collects at its first
-    stage's end instead (``settle_heap(released=True)``), while the parent plans the next stage.
+    M2 in docs/benchmarks.md) would delay the run's first stage: the worker collects after its
+    first stage's end instead (``settle_heap(released=True)``), in the next stage's first
+    finished batch, while the GPU computes the batch after it.
     Returns the number of frozen objects."""
     gc.freeze()
     return gc.get_freeze_count()

@@ -1,8 +1,8 @@
 """run_prediction: the framework-free engine behind ``virnucpro predict`` and the Prefect flow.
 
 The order of a run, written once: memory checkpoint → plan (models, devices) → model checksums
-(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → for
-each feature stage: features, memory checkpoint → classify →
+(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → both feature stages planned (beside the
+workers' start and the first stage) → for each feature stage: features, memory checkpoint → classify →
 report → memory checkpoint → finalize (these three with the garbage collector paused:
 :func:`~virnucpro.pipeline.heap.collection_paused`). Both feature stages run through
 ``BatchQueueManager(..., use_persistent_pool=persistent_models)`` semantics, on the workers of the
@@ -36,6 +36,7 @@ from virnucpro.pipeline.steps import (
     FINALIZE,
     PERSISTENT_LOG_LINE,
     PLAN,
+    PLAN_FEATURES,
     PREPARE,
     REPORT,
     START_WORKERS,
@@ -94,14 +95,22 @@ def _run(
     call.run(CHECK_MODELS, plan)  # before any work; the first import of torch in this process
     prepared = call.run(PREPARE, config)
     timings: dict[str, float] = {"prepare": prepared.seconds}
-    if workers is not None:
-        timings["start_workers"] = workers.result()
+    # each stage's plan depends only on the prepared shards and its own folder: both are made
+    # while the workers finish their start (and ESM-2's while DNABERT-S runs)
+    ahead = {stage: call.start(PLAN_FEATURES, plan, prepared, stage) for stage in FEATURE_STAGES}
     reports: list[StageReport] = []
-    for stage in FEATURE_STAGES:
-        report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress)
-        reports.append(report)
-        timings[stage.value] = report.seconds
-        checkpoints.append(call.run(CHECKPOINT, f"after-{stage.value}", report.worker_peak_mib))
+    try:
+        if workers is not None:
+            timings["start_workers"] = workers.result()
+        for stage in FEATURE_STAGES:
+            report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress,
+                              ahead[stage].result())
+            reports.append(report)
+            timings[stage.value] = report.seconds
+            checkpoints.append(call.run(CHECKPOINT, f"after-{stage.value}", report.worker_peak_mib))
+    finally:  # a failed stage: no planning thread goes on writing into the output folder
+        for pending in ahead.values():
+            pending.result()  # never raises: plan_features keeps its error for the feature step
     if owns_lease:
         lease.close_beside()
     classified = call.run(CLASSIFY, prepared, plan.models.classifier.path)

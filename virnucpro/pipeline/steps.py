@@ -44,7 +44,7 @@ from virnucpro.pipeline.work_keys import (
     record_model_sha256,
     settled_key,
 )
-from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StageReport
+from virnucpro.pipeline.work_queue import BatchQueueManager, Progress, StagePlan, StageReport, plan_stage
 
 __all__ = [
     "Step",
@@ -56,6 +56,9 @@ __all__ = [
     "CHECKSUMS",
     "PREPARE",
     "START_WORKERS",
+    "PLAN_FEATURES",
+    "PlannedAhead",
+    "plan_features",
     "FEATURES",
     "CHECKPOINT",
     "CLASSIFY",
@@ -114,12 +117,60 @@ def model_checksums(models: ResolvedModels) -> dict[str, dict[str, Any]]:
     return result
 
 
+class PlannedAhead:
+    """A feature stage's plan made beside earlier steps (:func:`plan_features`), for its feature
+    step to take once. A retried feature step finds it taken and plans again (a plan describes
+    the stage's folder before any of its work ran). A planning error is kept, not raised: the
+    feature step then plans itself and fails (or is retried) with that error as its own.
+
+    A plain object on purpose: Prefect passes it to the feature task as it is."""
+
+    def __init__(self, stage: FeatureStage, plan: StagePlan | None, error: str | None = None) -> None:
+        self.stage = stage
+        self.error = error
+        self._plan = plan
+        self._lock = threading.Lock()
+
+    def take(self) -> StagePlan | None:
+        """The plan, the first time only (None after that, or when planning failed)."""
+        with self._lock:
+            plan, self._plan = self._plan, None
+            return plan
+
+
+def _stage_model(plan: RunPlan, stage: FeatureStage) -> Any:
+    return plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
+
+
+def _claim_and_plan(plan: RunPlan, prepared: Any, stage: FeatureStage) -> StagePlan:
+    """Clear the stage's folder of work another model, tokenizer, precision or format made
+    (:mod:`~virnucpro.pipeline.work_keys`), then find what is left to do (:func:`plan_stage`)."""
+    paths = prepared.paths
+    model = _stage_model(plan, stage)
+    claim_folder(paths.features_dir / stage.value, feature_key(stage, model, plan.spec.precision.value),
+                 f"{stage.label} features", model=model.weights_file)
+    return plan_stage(stage, list(prepared.shards), paths, _embedding_cache(plan, stage))
+
+
+def plan_features(plan: RunPlan, prepared: Any, stage: FeatureStage) -> PlannedAhead:
+    """Plan a feature stage ahead (done shards, duplicates, work shards), beside the steps before
+    it; its feature step takes the plan (:class:`PlannedAhead`)."""
+    try:
+        stage_plan = _claim_and_plan(plan, prepared, stage)
+    except Exception as exc:  # the feature step plans again and reports it
+        logger.debug("%s: planning ahead failed (%s); the stage plans itself", stage.label, exc)
+        return PlannedAhead(stage, None, f"{type(exc).__name__}: {exc}")
+    logger.debug("%s: planned beside the earlier steps in %.2f s", stage.label, stage_plan.seconds)
+    return PlannedAhead(stage, stage_plan)
+
+
 def feature_step(
     plan: RunPlan,
     prepared: Any,
     stage: FeatureStage,
     lease: PoolLease,
     on_progress: Callable[[Progress], None] | None = None,
+    ahead: PlannedAhead | None = None,
 ) -> StageReport:
     """One feature stage over every shard of ``prepared``, on the workers ``lease`` gives.
 
@@ -127,17 +178,19 @@ def feature_step(
     recomputed (:mod:`~virnucpro.pipeline.work_keys`); a stage found complete reports the figures
     of the run that computed it, marked ``resumed``. The last stage (ESM-2) also scores each shard
     as soon as its features are complete (:func:`_scoring_beside`), while the GPU computes the next.
+    ``ahead``: the stage planned beside earlier steps (:func:`plan_features`); taken once.
     """
     paths = prepared.paths
     folder = paths.features_dir / stage.value
-    model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
-    claim_folder(folder, feature_key(stage, model, plan.spec.precision.value), f"{stage.label} features",
-                 model=model.weights_file)
+    model = _stage_model(plan, stage)
+    stage_plan = ahead.take() if ahead is not None and ahead.stage is stage else None
+    if stage_plan is None:
+        stage_plan = _claim_and_plan(plan, prepared, stage)
     scoring = _ScoringBeside(plan, prepared) if stage is FEATURE_STAGES[-1] else None
     queue = BatchQueueManager(list(plan.devices), plan.spec, lease=lease, on_progress=on_progress)
     try:
-        report = queue.run_stage(stage, list(prepared.shards), paths, cache=_embedding_cache(plan, stage),
-                                 on_complete=scoring)
+        report = queue.run_stage(stage, list(prepared.shards), paths, on_complete=scoring,
+                                 planned_ahead=stage_plan)
     finally:
         if scoring is not None:
             scoring.close()
@@ -211,7 +264,7 @@ def _embedding_cache(plan: RunPlan, stage: FeatureStage) -> EmbeddingCache | Non
     root = plan.config.embedding_cache
     if root is None:
         return None
-    model = plan.models.dnabert if stage is FeatureStage.DNABERT else plan.models.esm
+    model = _stage_model(plan, stage)
     tokenizer = model.tokenizer_file
     key = producer_key(stage, model.sha256(), plan.spec.precision.value,
                        "cuda" if plan.on_gpu else "cpu",
@@ -272,6 +325,7 @@ CHECK_MODELS = Step("check-models", _check_models)
 CHECKSUMS = Step("model-checksums", model_checksums)
 PREPARE = Step("prepare", prepare_stage)
 START_WORKERS = Step("start-workers", start_workers)
+PLAN_FEATURES = Step("plan-features", plan_features, run_name="plan-features-{stage.value}")
 FEATURES: dict[FeatureStage, Step] = {
     FeatureStage.DNABERT: Step("dnabert-features", feature_step, retries=1),
     FeatureStage.ESM: Step("esm-features", feature_step, retries=1),
@@ -281,7 +335,8 @@ CLASSIFY = Step("classify", classify_stage)
 REPORT = Step("report", report_stage)
 FINALIZE = Step("finalize", finalize_run)
 
-STEPS: tuple[Step, ...] = (PLAN, CHECK_MODELS, CHECKSUMS, PREPARE, START_WORKERS, *FEATURES.values(), CHECKPOINT,
+STEPS: tuple[Step, ...] = (PLAN, CHECK_MODELS, CHECKSUMS, PREPARE, START_WORKERS, PLAN_FEATURES,
+                           *FEATURES.values(), CHECKPOINT,
                            CLASSIFY, REPORT, FINALIZE)
 """Every step of a run (the order a run takes them is :func:`run_prediction`'s)."""
 

@@ -16,8 +16,9 @@ scored after the GPU was done (0.5 s of a 20,000-chunk run on an H200, run P2 in
 the last one fewer, so the last work handed out is the smallest either way. Shards whose feature file is already complete are skipped
 (resume). A frame whose model input (DNA, protein) an earlier frame of the run already has is not
 computed again: the workers get each shard's first occurrences only, and its full feature file is
-written from them (:mod:`~virnucpro.pipeline.dedupe`). After a stage every shard's file is checked:
-one finite embedding per frame.
+written from them (:mod:`~virnucpro.pipeline.dedupe`). Every shard's file is checked, one finite
+embedding per frame: a computed shard's as it is written (beside the stage), the others' at the
+stage's end. A stage's plan (:func:`plan_stage`) can be made before the stage, beside earlier steps.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from virnucpro.pipeline.persistent_pool import PersistentWorkerPool
 from virnucpro.pipeline.shards import Shard, check_feature_ids, features_complete, iter_shard_ids
 from virnucpro.pipeline.stage import FeatureStage
 
-__all__ = ["BatchQueueManager", "StageReport", "Progress", "PHASES", "WORKER_PEAK_GPU", "WORKER_PEAK_CPU"]
+__all__ = ["BatchQueueManager", "StagePlan", "plan_stage", "StageReport", "Progress", "PHASES", "WORKER_PEAK_GPU", "WORKER_PEAK_CPU"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,33 @@ class StageReport:
         return line
 
 
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """What a stage will do, found before its workers are needed: each shard's frame IDs, the
+    shards not already on disk, and their work (first occurrences written as work shards, where
+    each row comes from; :func:`~virnucpro.pipeline.dedupe.plan_unique`). It depends only on the
+    prepared shards and the stage's own folder, so a run makes it beside earlier steps."""
+
+    stage: FeatureStage
+    expected: dict[int, list[str]]
+    todo: list[Shard]
+    planned: list[dedupe.UniqueShard]
+    cache: EmbeddingCache | None
+    seconds: float
+
+
+def plan_stage(stage: FeatureStage, shards: list[Shard], paths: OutputPaths,
+               cache: EmbeddingCache | None = None) -> StagePlan:
+    """Find the done shards (a damaged feature file is removed, to be recomputed) and plan the
+    rest (:class:`StagePlan`)."""
+    started = time.perf_counter()
+    expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
+    todo = [s for s in shards
+            if not features_complete(paths.feature_file(stage.value, s.name), expected[s.shard_id])]
+    planned = dedupe.plan_unique(stage, shards, todo, paths, cache) if todo else []
+    return StagePlan(stage, expected, todo, planned, cache, time.perf_counter() - started)
+
+
 class BatchQueueManager:
     """Runs feature stages over shards on the workers its lease gives it."""
 
@@ -222,16 +250,21 @@ class BatchQueueManager:
     # -- a stage ------------------------------------------------------------------------------
     def run_stage(self, stage: FeatureStage, shards: list[Shard], paths: OutputPaths,
                   cache: EmbeddingCache | None = None,
-                  on_complete: Callable[[Shard], None] | None = None) -> StageReport:
+                  on_complete: Callable[[Shard], None] | None = None,
+                  planned_ahead: StagePlan | None = None) -> StageReport:
         """Compute ``stage`` features for every shard not already on disk; verify all of them.
         Rows ``cache`` holds are read from it; the rows computed are added to it.
         ``on_complete(shard)`` is called beside the stage, in its expanding thread, as each
-        computed shard's full feature file is written (an error there fails the stage)."""
+        computed shard's full feature file is written and checked (an error there fails the
+        stage). ``planned_ahead``: this stage's :func:`plan_stage`, made beside earlier steps
+        (its cache is the one used); None plans it now."""
         started = time.perf_counter()
         phases: dict[str, float] = {}
-        expected = {s.shard_id: list(iter_shard_ids(s.path)) for s in shards}
-        todo = [s for s in shards
-                if not features_complete(paths.feature_file(stage.value, s.name), expected[s.shard_id])]
+        if planned_ahead is not None and planned_ahead.stage is not stage:
+            raise ValueError(f"a plan of the {planned_ahead.stage.label} stage given to the {stage.label} stage")
+        stage_plan = planned_ahead if planned_ahead is not None else plan_stage(stage, shards, paths, cache)
+        cache = stage_plan.cache
+        expected, todo, planned = stage_plan.expected, stage_plan.todo, stage_plan.planned
         skipped = len(shards) - len(todo)
         if skipped:
             logger.info("%s: %d of %d shards already done; resuming", stage.label, skipped, len(shards))
@@ -241,12 +274,17 @@ class BatchQueueManager:
         restarts = 0
         pool_start = 0.0
         embed_seconds = 0.0
-        planned = dedupe.plan_unique(stage, shards, todo, paths, cache) if todo else []
         work = [(u.work, u.out_path) for u in planned if u.work is not None and not dedupe.work_done(u)]
         to_compute = {shard.shard_id for shard, _ in work}
+
+        def complete(shard: Shard) -> None:  # in the expanding thread, beside the stage
+            check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
+            if on_complete is not None:
+                on_complete(shard)
+
         expansion = dedupe.Expansion(stage, shards, planned,
                                      [u.shard.shard_id for u in planned if u.shard.shard_id not in to_compute],
-                                     paths, on_complete)
+                                     paths, complete)
         phases["plan"] = time.perf_counter() - started
         # duplicates' rows are copied into full feature files beside the stage, one thread
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="expand") as expander:
@@ -280,8 +318,10 @@ class BatchQueueManager:
             dedupe.remove_unique(paths, stage)
         duplicates = sum(u.duplicates for u in planned)
         hits = sum(u.cache_hits for u in planned)
+        computed = {u.shard.shard_id for u in planned}  # checked as each was written (complete)
         for shard in shards:  # every frame in -> exactly one embedding out (finite: the worker checked)
-            check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
+            if shard.shard_id not in computed:
+                check_feature_ids(paths.feature_file(stage.value, shard.name), expected[shard.shard_id])
         phases["finish"] = time.perf_counter() - finishing
         report = StageReport(
             stage=stage,

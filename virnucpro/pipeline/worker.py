@@ -114,9 +114,11 @@ class _OomAbove:
 
 class _Worker:
     def __init__(self, name: str, spec: WorkerSpec, results: Any, *, collect_at_stage_end: bool = False) -> None:
-        """``collect_at_stage_end``: a model's warm-up freezes the heap without collecting it, and
-        the collection runs at the next stage's end (:func:`~virnucpro.pipeline.heap.freeze_heap`):
-        a GPU worker of a run's own start, whose warm-ups are on the run's critical path."""
+        """``collect_at_stage_end``: a model's warm-up freezes the heap without collecting it
+        (:func:`~virnucpro.pipeline.heap.freeze_heap`), and the collection runs after the next
+        stage's end, in the next task's first finished batch, while its next batch computes: a
+        GPU worker of a run's own start, whose warm-ups and stage ends are on the run's
+        critical path. A stage end with no batch since the last one collects at once."""
         import torch
 
         self.torch = torch
@@ -140,7 +142,9 @@ class _Worker:
         self.compile_seconds: dict[str, float] = {}
         self.warmup_steps: dict[str, dict[str, float]] = {}  # per model: each warm-up step's seconds
         self.collect_at_stage_end = collect_at_stage_end
-        self.collection_due = False  # frozen uncollected since a warm-up: collected at a stage's end
+        self.collection_due = False  # frozen uncollected since a warm-up
+        self.collect_in_next_batch = False  # a stage ended since: collected in the next batch's callback
+        self._collect_lock = threading.Lock()
         if spec.on_gpu:
             torch.cuda.set_device(self.device)
 
@@ -251,11 +255,23 @@ class _Worker:
         )
         return embedder
 
+    def collect_heap(self, when: str) -> None:
+        """Collect what the warm-ups froze uncollected (once)."""
+        with self._collect_lock:
+            if not self.collection_due:
+                return
+            started = time.perf_counter()
+            settle_heap(released=True)
+            self.collection_due = self.collect_in_next_batch = False
+        logger.debug("%s: heap collected %s in %.2f s", self.name, when, time.perf_counter() - started)
+
     def release(self, stage: FeatureStage) -> None:
         self.embedders.pop(stage, None)
         self.runners.pop(stage, None)
         self.fp32_runners.pop(stage, None)
-        settle_heap(released=True)  # unfreezes first: the released model's objects are collected
+        with self._collect_lock:
+            settle_heap(released=True)  # unfreezes first: the released model's objects are collected
+            self.collection_due = self.collect_in_next_batch = False
         self._empty_cache()
 
     def _empty_cache(self) -> None:
@@ -320,6 +336,8 @@ class _Worker:
         def batch_done(n_frames: int, n_tokens: int) -> None:  # progress inside a shard
             if self.faults.batch_delay_s:
                 time.sleep(self.faults.batch_delay_s)
+            if self.collect_in_next_batch:  # the next batch is queued: the GPU works meanwhile
+                self.collect_heap(f"in a {task.stage} batch after the stage's end")
             self.send(BatchDone(worker=self.name, task_id=task.task_id, n_frames=n_frames,
                                 n_tokens=n_tokens))
 
@@ -387,13 +405,11 @@ class _Worker:
         if message.release:
             self.release(message.stage)  # collects too
         else:
-            if self.collection_due:
-                started = time.perf_counter()
-                settle_heap(released=True)  # what the warm-ups froze uncollected
-                logger.debug("%s: heap collected at the %s stage's end in %.2f s", self.name,
-                             message.stage, time.perf_counter() - started)
+            if self.collection_due and self.collect_in_next_batch:  # no batch ran since the last end
+                self.collect_heap(f"at the {message.stage} stage's end")
+            elif self.collection_due:
+                self.collect_in_next_batch = True  # the parent goes on at once (see __init__)
             self._empty_cache()
-        self.collection_due = False
         allocated = reserved = 0.0
         if self.spec.on_gpu:
             allocated = self.torch.cuda.memory_allocated(self.device) / 2**20

@@ -14,6 +14,7 @@ import pytest
 
 from virnucpro.config import Precision
 from virnucpro.pipeline.heap import collection_paused, freeze_heap, settle_heap
+from virnucpro.pipeline.stage import FeatureStage
 
 
 class _Node:
@@ -97,10 +98,10 @@ def test_freeze_heap_keeps_garbage_until_a_full_settle() -> None:
     assert dead() is None
 
 
-@pytest.mark.parametrize("at_stage_end", [False, True])
-def test_a_run_start_worker_collects_at_the_stage_end(demo_models, at_stage_end: bool) -> None:  # type: ignore[no-untyped-def]
-    from virnucpro.pipeline.messages import StageEnd, WorkerSpec
-    from virnucpro.pipeline.stage import FeatureStage
+def _start_worker(demo_models, at_stage_end: bool):  # type: ignore[no-untyped-def]
+    """A CPU worker (the flag is a GPU run-start worker's) with an unreachable cycle left behind
+    before its DNABERT-S warm-up, as loading leaves some; the automatic collector off."""
+    from virnucpro.pipeline.messages import WorkerSpec
     from virnucpro.pipeline.worker import _Worker
 
     spec = WorkerSpec(dnabert_path=demo_models.dnabert, esm_path=demo_models.esm, precision=Precision.FP32,
@@ -108,14 +109,41 @@ def test_a_run_start_worker_collects_at_the_stage_end(demo_models, at_stage_end:
     worker = _Worker("w0", spec, queue.Queue(), collect_at_stage_end=at_stage_end)
     gc.unfreeze()
     gc.disable()  # no automatic collection meanwhile: only the worker's own
-    garbage = _Node()  # a cycle left behind before the warm-up, as loading leaves some
+    garbage = _Node()
     dead = weakref.ref(garbage)
     del garbage
     worker.load(FeatureStage.DNABERT)
+    return worker, dead
+
+
+@pytest.mark.parametrize("at_stage_end", [False, True])
+def test_a_run_start_worker_defers_its_collection_past_the_stage_end(demo_models, at_stage_end: bool) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.pipeline.messages import StageEnd
+
+    worker, dead = _start_worker(demo_models, at_stage_end)
     assert worker.collection_due is at_stage_end
     assert (dead() is not None) is at_stage_end  # the warm-up only froze it
+    ended = worker.end_stage(StageEnd(FeatureStage.DNABERT, release=False))
+    assert ended.stage is FeatureStage.DNABERT
+    # replied before collecting: the parent starts the next stage at once
+    assert (dead() is not None) is at_stage_end and worker.collect_in_next_batch is at_stage_end
+    worker.end_stage(StageEnd(FeatureStage.ESM, release=False))  # a stage with no batch: collects now
+    assert dead() is None and not worker.collection_due and not worker.collect_in_next_batch
+
+
+def test_the_deferred_collection_runs_in_the_next_stages_first_batch(demo_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from virnucpro.pipeline.messages import EmbedTask, StageEnd
+    from virnucpro.pipeline.shards import ShardFrame, write_shard
+
+    worker, dead = _start_worker(demo_models, True)
     worker.end_stage(StageEnd(FeatureStage.DNABERT, release=False))
-    assert dead() is None and not worker.collection_due  # collected by the stage's end at the latest
+    assert dead() is not None
+    frames = [ShardFrame(f"r{i}_F1", f"r{i}", f"r{i}_1", "ATG" * 40, "M" * 40) for i in range(3)]
+    shard = write_shard(tmp_path / "s.tsv", 0, frames)
+    worker.embed_task(EmbedTask(0, FeatureStage.DNABERT, shard.path, tmp_path / "s.npz"))
+    worker.drain()
+    assert (tmp_path / "s.npz").is_file()
+    assert dead() is None and not worker.collection_due and not worker.collect_in_next_batch
 
 
 def test_collection_paused_turns_the_collector_off_and_back_on() -> None:

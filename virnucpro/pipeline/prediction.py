@@ -1,10 +1,10 @@
 """run_prediction: the framework-free engine behind ``virnucpro predict`` and the Prefect flow.
 
 The order of a run, written once: memory checkpoint → plan (models, devices) → model checksums
-(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → both feature stages planned (beside the
-workers' start and the first stage) → for each feature stage: features, memory checkpoint → classify →
-report → memory checkpoint → finalize (these three with the garbage collector paused:
-:func:`~virnucpro.pipeline.heap.collection_paused`). Both feature stages run through
+(beside the rest) → resident workers started (persistent mode, beside prepare) → prepare → for
+each feature stage (each planned beside the step before it: the workers' start, the first
+stage): features, memory checkpoint → classify → report → memory checkpoint → finalize (these
+three with the garbage collector paused: :func:`~virnucpro.pipeline.heap.collection_paused`). Both feature stages run through
 ``BatchQueueManager(..., use_persistent_pool=persistent_models)`` semantics, on the workers of the
 run's :class:`~virnucpro.pipeline.lease.PoolLease`.
 
@@ -95,16 +95,19 @@ def _run(
     call.run(CHECK_MODELS, plan)  # before any work; the first import of torch in this process
     prepared = call.run(PREPARE, config)
     timings: dict[str, float] = {"prepare": prepared.seconds}
-    # each stage's plan depends only on the prepared shards and its own folder: both are made
-    # while the workers finish their start (and ESM-2's while DNABERT-S runs)
-    ahead = {stage: call.start(PLAN_FEATURES, plan, prepared, stage) for stage in FEATURE_STAGES}
+    # a stage's plan depends only on the prepared shards and its own folder: each is made beside
+    # the step before it (DNABERT-S's while the workers finish their start, ESM-2's while
+    # DNABERT-S runs), one at a time (two at once share one interpreter and both finish later)
+    ahead = {FEATURE_STAGES[0]: call.start(PLAN_FEATURES, plan, prepared, FEATURE_STAGES[0])}
     reports: list[StageReport] = []
     try:
         if workers is not None:
             timings["start_workers"] = workers.result()
-        for stage in FEATURE_STAGES:
-            report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress,
-                              ahead[stage].result())
+        for stage, after in zip(FEATURE_STAGES, (*FEATURE_STAGES[1:], None)):
+            planned = ahead[stage].result()
+            if after is not None:
+                ahead[after] = call.start(PLAN_FEATURES, plan, prepared, after)
+            report = call.run(FEATURES[stage], plan, prepared, stage, lease, on_progress, planned)
             reports.append(report)
             timings[stage.value] = report.seconds
             checkpoints.append(call.run(CHECKPOINT, f"after-{stage.value}", report.worker_peak_mib))

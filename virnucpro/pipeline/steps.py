@@ -1,9 +1,9 @@
 """The steps of a prediction run, listed once, and how a caller runs each one.
 
 A run is: plan → (model checksums and the resident workers' start, beside the rest) → check the
-models fit together → prepare → DNABERT-S features → ESM-2
-features → classify → report → finalize, with a memory checkpoint at the start, after each feature
-stage and at the end. :func:`virnucpro.pipeline.prediction.run_prediction` walks this order; HOW a
+models fit together → prepare → DNABERT-S features → ESM-2 features (each stage planned beside
+the step before it: ``plan-features``) → classify → report → finalize, with a memory checkpoint
+at the start, after each feature stage and at the end. :func:`virnucpro.pipeline.prediction.run_prediction` walks this order; HOW a
 step is called is the caller's choice (:class:`StepCaller`):
 
 - the CLI calls each step's function directly (:class:`DirectSteps`);
